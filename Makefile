@@ -1,0 +1,42 @@
+# Two commands a fresh machine needs: `make demo` and `make test`.
+# Each creates its virtualenv and installs what it needs on first use.
+PYTHON ?= python3
+VENV ?= .venv
+# Contract tests also run against the oldest Django we support.
+VENV42 ?= .venv-django42
+BIN := $(VENV)/bin
+
+.PHONY: test test-main test-django42 demo lint clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+$(VENV42)/bin/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV42)
+	$(VENV42)/bin/python -m pip install -q --upgrade pip
+	$(VENV42)/bin/python -m pip install -q -e '.[test]' 'Django>=4.2,<4.3'
+	touch $@
+
+test: test-main test-django42
+
+# gevent patches the standard library before pytest or Django import anything,
+# which is what gunicorn's gevent worker does.
+test-main: $(BIN)/.installed
+	$(BIN)/python -m gevent.monkey --module pytest $(PYTEST_ARGS)
+
+test-django42: $(VENV42)/bin/.installed
+	$(VENV42)/bin/python -m gevent.monkey --module pytest -m "contract or smoke" $(PYTEST_ARGS)
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check wsgi_db_pool tests example_wsgi.py scripts bench
+	$(BIN)/ruff format --check wsgi_db_pool tests example_wsgi.py scripts bench
+	$(BIN)/mypy
+
+demo: $(BIN)/.installed
+	$(BIN)/python scripts/demo.py
+
+clean:
+	rm -rf $(VENV) $(VENV42)

@@ -1,0 +1,344 @@
+"""The only module that talks to ``django.db``: make, bind, reset and unbind wrappers.
+
+The pool holds whole ``DatabaseWrapper`` objects with their DB-API connection open,
+so Django's per-connection setup (server variables, isolation level) runs once per
+connection, not once per request. A request gets a wrapper the first time it asks
+``connections[alias]`` for a pooled alias: Django's handler calls its own
+``create_connection`` when the greenlet-local slot is empty, and that is the one
+seam we take (installed once on the handler instance, falling back to Django's
+own method outside a request).
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from django.db import connections
+from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.utils import ConnectionHandler, load_backend
+
+from . import _mysql, _sync
+from .errors import PoolError
+from .pool import Pool, PooledConnection
+
+__all__ = [
+    "AliasConnector",
+    "Lease",
+    "current_lease",
+    "fix_storage",
+    "install",
+    "poolable_aliases",
+    "resolve_aliases",
+]
+
+POOLABLE_VENDORS = frozenset({"mysql"})
+
+# The request (or other unit of work) that owns the current greenlet's checkouts.
+# Greenlets and threads start with an empty context, so a greenlet spawned inside a
+# view does not inherit it.
+current_lease: contextvars.ContextVar[Lease | None] = contextvars.ContextVar(
+    "wsgi_db_pool_lease", default=None
+)
+
+
+# -- aliases --------------------------------------------------------------------
+
+
+def _vendor(alias: str) -> str:
+    vendor: str = load_backend(connections.settings[alias]["ENGINE"]).DatabaseWrapper.vendor
+    return vendor
+
+
+def poolable_aliases() -> list[str]:
+    """The configured aliases whose backend the pool can serve."""
+    return [alias for alias in connections.settings if _vendor(alias) in POOLABLE_VENDORS]
+
+
+def resolve_aliases(aliases: Iterable[str] | None) -> tuple[str, ...]:
+    """Validate the ``aliases`` argument against ``settings.DATABASES``."""
+    known = list(connections.settings)
+    if aliases is None:
+        found = poolable_aliases()
+        if not found:
+            raise ValueError(
+                f"aliases: none of the configured aliases {known!r} uses a backend "
+                f"wsgi_db_pool can pool (supported: MySQL/MariaDB)"
+            )
+        return tuple(found)
+    if isinstance(aliases, (str, bytes)):
+        raise TypeError(
+            f"aliases must be a list of alias names, not the string {aliases!r} "
+            f"(did you mean [{aliases!r}]?)"
+        )
+    try:
+        names = list(aliases)
+    except TypeError:
+        raise TypeError(f"aliases must be a list of alias names, not {aliases!r}") from None
+    if not names:
+        raise ValueError("aliases must name at least one alias, not an empty list")
+    result: list[str] = []
+    for name in names:
+        if not isinstance(name, str):
+            raise TypeError(f"aliases must contain alias names (str), not {name!r}")
+        if name not in connections.settings:
+            raise ValueError(f"aliases: unknown alias {name!r}; settings.DATABASES has {known!r}")
+        vendor = _vendor(name)
+        if vendor not in POOLABLE_VENDORS:
+            raise ValueError(
+                f"aliases: alias {name!r} uses {vendor!r}, which wsgi_db_pool cannot pool "
+                f"(supported: MySQL/MariaDB)"
+            )
+        if name not in result:
+            result.append(name)
+    return tuple(result)
+
+
+# -- the seam ---------------------------------------------------------------------
+
+_django_create_connection = ConnectionHandler.create_connection
+# The handler's private storage (an asgiref Local), reached only here; tests pin it.
+_handler: Any = connections
+
+
+def _create_connection(alias: str) -> BaseDatabaseWrapper:
+    lease = current_lease.get()
+    if lease is not None and lease.wants(alias):
+        return lease.checkout(alias)
+    return _django_create_connection(connections, alias)
+
+
+def install() -> None:
+    """Route ``connections[alias]`` misses through the current lease; idempotent."""
+    if connections.__dict__.get("create_connection") is not _create_connection:
+        connections.create_connection = _create_connection  # type: ignore[method-assign]
+
+
+def fix_storage() -> bool:
+    """Make Django's connection storage greenlet-local if gevent patched after Django.
+
+    When ``django.db`` is imported before gevent's ``patch_all()`` (gunicorn
+    ``--preload`` with the gevent worker), ``connections`` keeps one real
+    thread-local that every greenlet shares. Rebuilding it now gives each greenlet
+    its own, as if the patch had come first. Returns True when it rebuilt.
+    """
+    if not _sync.gevent_patched():
+        return False
+    import gevent.local
+    from asgiref.local import Local
+
+    storage = getattr(_handler._connections, "_storage", None)
+    if storage is None or isinstance(storage, gevent.local.local):
+        return False
+    _handler._connections = Local(thread_critical=True)
+    return True
+
+
+# -- one alias's connections ------------------------------------------------------
+
+
+class _Guard:
+    """The bottom execute wrapper of a pooled wrapper: notes faults of the connection."""
+
+    __slots__ = ("fault",)
+
+    def __init__(self) -> None:
+        self.fault: str | None = None
+
+    def __call__(
+        self, execute: Callable[..., Any], sql: Any, params: Any, many: bool, context: Any
+    ) -> Any:
+        try:
+            return execute(sql, params, many, context)
+        except Exception as exc:
+            if _mysql.is_gone(exc):
+                self.fault = "broken"
+            raise
+        except BaseException:
+            # gevent.Timeout, GreenletExit: a reply may still be on the socket.
+            self.fault = "interrupted"
+            raise
+
+
+def _leave_to_pool() -> None:
+    """Replaces ``close_if_unusable_or_obsolete`` on pooled wrappers: the pool decides."""
+
+
+class AliasConnector:
+    """Makes, checks, resets and closes the pooled wrappers of one alias."""
+
+    def __init__(self, alias: str) -> None:
+        self.alias = alias
+
+    def connect(self) -> Any:
+        wrapper: Any = _django_create_connection(connections, self.alias)
+        try:
+            wrapper.ensure_connection()
+        except BaseException:
+            if wrapper.connection is not None:
+                _mysql.abort(wrapper.connection)
+                wrapper.connection = None
+            raise
+        # Django's CONN_MAX_AGE and CONN_HEALTH_CHECKS must not close or ping
+        # a pooled connection behind the pool's back (request_finished runs
+        # close_old_connections on every bound wrapper).
+        wrapper.close_at = None
+        wrapper.health_check_enabled = False
+        wrapper.close_if_unusable_or_obsolete = _leave_to_pool
+        guard = _Guard()
+        wrapper._wsgi_db_pool_guard = guard
+        wrapper._wsgi_db_pool_wrappers = [guard]
+        wrapper.execute_wrappers = wrapper._wsgi_db_pool_wrappers
+        return wrapper
+
+    def check(self, wrapper: BaseDatabaseWrapper, ping: bool) -> str | None:
+        raw = wrapper.connection
+        if raw is None:
+            return "closed"
+        if not _mysql.is_quiet(raw):
+            return "broken"
+        if ping and not _mysql.ping(raw):
+            return "broken"
+        return None
+
+    def reset(self, wrapper: Any) -> str | None:
+        """Undo what a request did to ``wrapper``; a discard reason when it cannot."""
+        raw = wrapper.connection
+        if raw is None:
+            return "closed"
+        guard: _Guard = wrapper._wsgi_db_pool_guard
+        if guard.fault is not None:
+            return guard.fault
+        if not _mysql.is_quiet(raw):
+            return "broken"
+        autocommit = wrapper.settings_dict["AUTOCOMMIT"]
+        if (
+            wrapper.in_atomic_block
+            or wrapper.autocommit != autocommit
+            or _mysql.needs_rollback(raw)
+        ):
+            try:
+                # Roll back before autocommit goes back on: on MySQL, switching
+                # autocommit on commits the open transaction.
+                raw.rollback()
+                raw.autocommit(autocommit)
+            except Exception:
+                return "reset_failed"
+            except BaseException:
+                guard.fault = "interrupted"
+                raise
+        # Django's Python-side state, as a fresh connect() would leave it.
+        wrapper.autocommit = autocommit
+        wrapper.in_atomic_block = False
+        wrapper.needs_rollback = False
+        wrapper.rollback_exc = None
+        wrapper.commit_on_exit = True
+        wrapper.savepoint_state = 0
+        wrapper.closed_in_transaction = False
+        wrapper.errors_occurred = False
+        wrapper.run_commit_hooks_on_set_autocommit_on = False
+        wrapper.force_debug_cursor = False
+        if wrapper.savepoint_ids:
+            wrapper.savepoint_ids = []
+        if wrapper.atomic_blocks:
+            wrapper.atomic_blocks = []
+        if wrapper.run_on_commit:
+            wrapper.run_on_commit = []
+        if wrapper.queries_log:
+            wrapper.queries_log.clear()
+        base = wrapper._wsgi_db_pool_wrappers
+        if wrapper.execute_wrappers is not base or len(base) != 1:
+            del base[1:]
+            wrapper.execute_wrappers = base
+        return None
+
+    def close(self, wrapper: BaseDatabaseWrapper) -> None:
+        raw, wrapper.connection = wrapper.connection, None
+        if raw is not None:
+            _mysql.close(raw)
+
+    def abort(self, wrapper: BaseDatabaseWrapper) -> None:
+        raw = wrapper.connection
+        if raw is not None:
+            _mysql.abort(raw)
+
+
+# -- a unit of work's checkouts ------------------------------------------------------
+
+
+class Lease:
+    """What one request (or other unit of work) checked out, bound and must give back."""
+
+    __slots__ = ("active", "held", "owner", "pools", "unavailable", "where")
+
+    def __init__(self, pools: dict[str, Pool], where: str | None) -> None:
+        self.pools = pools
+        self.where = where
+        self.owner = _sync.get_ident()
+        self.held: list[tuple[str, PooledConnection]] = []
+        self.active = True
+        # The error that made a checkout fail because the database was out of reach.
+        self.unavailable: BaseException | None = None
+
+    def wants(self, alias: str) -> bool:
+        return self.active and alias in self.pools and self.owner == _sync.get_ident()
+
+    def checkout(self, alias: str) -> Any:
+        try:
+            entry = self.pools[alias].checkout()
+        except PoolError as exc:
+            self.unavailable = exc
+            raise
+        except Exception as exc:
+            if _mysql.is_unavailable(exc):
+                self.unavailable = exc
+            raise
+        wrapper: Any = entry.conn
+        # Django refuses a wrapper used from a thread (greenlet) other than its maker's.
+        wrapper._thread_ident = self.owner
+        entry.where = self.where
+        self.held.append((alias, entry))
+        return wrapper
+
+    def release(self) -> None:
+        """Unbind and give back everything held: reset and recycled, or discarded.
+
+        Every connection is given back even when one reset is interrupted; the first
+        BaseException is raised again at the end.
+        """
+        self.active = False
+        held, self.held = self.held, []
+        if not held:
+            return
+        mine = self.owner == _sync.get_ident()
+        error: BaseException | None = None
+        for alias, entry in held:
+            pool = self.pools[alias]
+            wrapper = entry.conn
+            if mine:
+                _unbind(alias, wrapper)
+            try:
+                reason = pool.connector.reset(wrapper)
+            except BaseException as exc:
+                error = error or exc
+                reason = "interrupted"
+            pool.checkin(entry, reason)
+        if error is not None:
+            raise error
+
+    def reclaim(self) -> None:
+        """Take back what was never released (a response nobody closed): no I/O, no lock."""
+        self.active = False
+        held, self.held = self.held, []
+        for alias, entry in held:
+            self.pools[alias].reclaim(entry)
+
+
+def _unbind(alias: str, wrapper: BaseDatabaseWrapper) -> None:
+    try:
+        bound = getattr(_handler._connections, alias)
+    except AttributeError:
+        return
+    if bound is wrapper:
+        delattr(_handler._connections, alias)

@@ -1,0 +1,112 @@
+"""MySQL/MariaDB specifics: which errors mean "gone", the free health checks, the reset.
+
+Written against PyMySQL (the driver that yields to gevent); other DB-API drivers get
+the safe, slower path: a rollback on every checkin and a ping for every check.
+"""
+
+from __future__ import annotations
+
+import select
+import sys
+from typing import Any
+
+# The connection is gone: server shutdown (1927, 4031 idle kill), gone away (2006),
+# lost during query (2013), out of sync (2014), packet errors after a cut (2045, 2055).
+GONE_CODES = frozenset({1927, 2006, 2013, 2014, 2045, 2055, 4031})
+# The server cannot be reached or takes no more connections: a 503, not a 500.
+UNAVAILABLE_CODES = frozenset({1040, 1203, 2002, 2003, 2005, 2006, 2013, 1927, 4031})
+
+_IN_TRANS = 0x0001  # SERVER_STATUS_IN_TRANS
+_AUTOCOMMIT = 0x0002  # SERVER_STATUS_AUTOCOMMIT
+
+
+def error_code(exc: BaseException | None) -> int | None:
+    """The MySQL error number carried by ``exc`` or the error it wraps, if any."""
+    seen = 0
+    while exc is not None and seen < 5:
+        args = getattr(exc, "args", ())
+        if args and isinstance(args[0], int):
+            return args[0]
+        exc = exc.__cause__
+        seen += 1
+    return None
+
+
+def is_gone(exc: BaseException) -> bool:
+    """Whether ``exc`` says the connection itself is finished."""
+    return error_code(exc) in GONE_CODES
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the server cannot be reached or refuses new connections."""
+    return error_code(exc) in UNAVAILABLE_CODES
+
+
+def _original_poll() -> Any:
+    # gevent replaces select.poll with one that waits on its hub; a zero-timeout
+    # check must not give up the CPU, so use the original.
+    monkey = sys.modules.get("gevent.monkey")
+    if monkey is not None:
+        return monkey.get_original("select", "poll")
+    return select.poll
+
+
+def is_quiet(raw: Any) -> bool:
+    """Whether an idle connection's socket is open and has nothing to read.
+
+    A server-side KILL, ``wait_timeout``, shutdown or FIN makes the socket readable:
+    this sees it with a syscall and no round trip. Unknown drivers count as quiet.
+    """
+    if not hasattr(raw, "_sock"):
+        return True
+    sock = raw._sock
+    if sock is None:
+        return False
+    try:
+        poller = _original_poll()()
+        poller.register(sock.fileno(), select.POLLIN | select.POLLPRI)
+        return not poller.poll(0)
+    except (OSError, ValueError):
+        return False
+
+
+def ping(raw: Any) -> bool:
+    """A round trip to the server that never reconnects behind Django's back."""
+    try:
+        raw.ping(False)
+    except Exception:
+        return False
+    return True
+
+
+def needs_rollback(raw: Any) -> bool:
+    """Whether the server may hold an open transaction for ``raw``.
+
+    PyMySQL keeps the status flags of the last OK packet: free to read, but stale
+    after a result set, so "in transaction, or autocommit off" is the safe test.
+    Drivers without the flags always roll back.
+    """
+    status = getattr(raw, "server_status", None)
+    if not isinstance(status, int):
+        return True
+    return bool(status & _IN_TRANS) or not status & _AUTOCOMMIT
+
+
+def abort(raw: Any) -> None:
+    """Drop the socket without sending anything (no COM_QUIT, no lock)."""
+    force_close = getattr(raw, "_force_close", None)
+    try:
+        if force_close is not None:
+            force_close()
+        else:
+            raw.close()
+    except Exception:  # a finalizer must not raise
+        pass
+
+
+def close(raw: Any) -> None:
+    """Send COM_QUIT and close; falls back to dropping the socket."""
+    try:
+        raw.close()
+    except Exception:  # already broken: drop it
+        abort(raw)

@@ -1,0 +1,63 @@
+"""Blocking primitives that follow gevent's monkey patching.
+
+The pool may be built before gevent patches the standard library (gunicorn
+``--preload`` imports the app in the arbiter, the gevent worker patches after the
+fork). Every primitive is therefore looked up when it is made, not at import, and
+the pool makes its own again after a fork.
+"""
+
+from __future__ import annotations
+
+import _thread
+import contextlib
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+
+def allocate_lock() -> Any:
+    """A lock from ``_thread`` as it is now: gevent's own once it has patched it."""
+    return _thread.allocate_lock()
+
+
+def get_ident() -> int:
+    """The current thread's ident, or the current greenlet's under gevent's patching."""
+    return _thread.get_ident()
+
+
+def gevent_patched() -> bool:
+    """Whether gevent has patched ``threading`` in this process (never imports gevent)."""
+    monkey = sys.modules.get("gevent.monkey")
+    return monkey is not None and bool(monkey.is_module_patched("threading"))
+
+
+@contextlib.contextmanager
+def deadline(seconds: float) -> Iterator[Any]:
+    """Bound a blocking call to ``seconds`` under gevent; yields the timer, or None.
+
+    Under real threads nothing can interrupt a socket call safely: the driver's own
+    ``connect_timeout``/``read_timeout`` options bound it there.
+    """
+    if not gevent_patched():
+        yield None
+        return
+    import gevent
+
+    timer = gevent.Timeout(max(seconds, 0.0))
+    timer.start()
+    try:
+        yield timer
+    finally:
+        timer.close()
+
+
+def call_soon(fn: Any) -> None:
+    """Run ``fn`` soon from gevent's event loop; a no-op without gevent's patching.
+
+    Safe from a finalizer: it only appends to the loop's callback list. Under real
+    threads the pool's next checkout, checkin or reaper tick does the work instead.
+    """
+    if gevent_patched():
+        import gevent
+
+        gevent.get_hub().loop.run_callback(fn)

@@ -1,0 +1,77 @@
+"""The pool's settings as one frozen object, validated once at construction."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+__all__ = ["PoolConfig"]
+
+
+def _number(name: str, value: object, *, allow_zero: bool, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    # bool is an int: `timeout=True` is a mistake, not one second.
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        kind = "a number of seconds" + (" or None" if allow_none else "")
+        raise TypeError(f"{name} must be {kind}, not {value!r}")
+    if math.isnan(value) or math.isinf(value):
+        raise ValueError(f"{name} must be a finite number of seconds, not {value!r}")
+    if value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be {bound}, not {value!r}")
+
+
+def _count(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, not {value!r}")
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, not {value!r}")
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    """Settings shared by every alias's pool; see ``PoolingMiddleware`` for their meaning."""
+
+    pool_size: int = 10
+    max_overflow: int = 10
+    timeout: float = 5.0
+    max_age: float | None = 60 * 60.0
+    max_idle: float | None = 10 * 60.0
+    pre_ping: bool | float = 60.0
+    retry_after: int = 5
+
+    def __post_init__(self) -> None:
+        _count("pool_size", self.pool_size)
+        _count("max_overflow", self.max_overflow)
+        if self.pool_size + self.max_overflow == 0:
+            raise ValueError(
+                "pool_size + max_overflow must be at least 1 (it is the cap of open "
+                "connections per alias), not 0"
+            )
+        _number("timeout", self.timeout, allow_zero=False)
+        _number("max_age", self.max_age, allow_zero=False, allow_none=True)
+        _number("max_idle", self.max_idle, allow_zero=False, allow_none=True)
+        if not isinstance(self.pre_ping, bool):
+            try:
+                _number("pre_ping", self.pre_ping, allow_zero=True)
+            except TypeError:
+                raise TypeError(
+                    f"pre_ping must be True, False or a number of idle seconds, "
+                    f"not {self.pre_ping!r}"
+                ) from None
+        _count("retry_after", self.retry_after)
+
+    @property
+    def cap(self) -> int:
+        """The most connections open at once per alias in one process."""
+        return self.pool_size + self.max_overflow
+
+    @property
+    def ping_after(self) -> float | None:
+        """Idle seconds after which a checkout pings first; None never pings."""
+        if self.pre_ping is True:
+            return 0.0
+        if self.pre_ping is False:
+            return None
+        return float(self.pre_ping)

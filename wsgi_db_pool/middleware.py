@@ -1,0 +1,240 @@
+"""PoolingMiddleware: lend each request pooled Django connections, take them back on close().
+
+Use it to wrap Django's WSGI application under a gevent (or threaded) WSGI server
+talking to MySQL/MariaDB. Do not use it for ASGI: Django's async views keep
+connections per task, not per greenlet.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import threading
+import weakref
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from . import _django, _events
+from ._closing import ClosingIterator
+from .config import PoolConfig
+from .pool import Pool
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+
+__all__ = ["PoolingMiddleware"]
+
+_live: weakref.WeakSet[PoolingMiddleware] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for middleware in list(_live):
+        middleware._after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class _Responder:
+    """The ``start_response`` given to the app: turns a 500 caused by the pool into a 503."""
+
+    __slots__ = ("body", "lease", "retry_after", "start_response")
+
+    def __init__(
+        self, start_response: StartResponse, lease: _django.Lease, retry_after: int
+    ) -> None:
+        self.start_response = start_response
+        self.lease = lease
+        self.retry_after = retry_after
+        self.body: list[bytes] | None = None
+
+    def __call__(self, status: str, headers: list[tuple[str, str]], *exc_info: Any) -> Any:
+        # Django turns every exception into a 500 before we could see it; the
+        # lease knows whether the database was out of reach.
+        if self.lease.unavailable is not None and status[:3] == "500":
+            status, headers, self.body = _unavailable(self.retry_after)
+        return self.start_response(status, headers, *exc_info)
+
+
+def _unavailable(retry_after: int) -> tuple[str, list[tuple[str, str]], list[bytes]]:
+    body = (
+        f"Service Unavailable: no database connection could be had in time. "
+        f"Retry after {retry_after} seconds.\n"
+    ).encode()
+    headers = [
+        ("Content-Type", "text/plain; charset=utf-8"),
+        ("Content-Length", str(len(body))),
+        ("Retry-After", str(retry_after)),
+    ]
+    return "503 Service Unavailable", headers, [body]
+
+
+class PoolingMiddleware:
+    """A WSGI middleware that pools Django's database connections across requests.
+
+    A request checks out a connection the first time it uses a pooled alias and
+    gives it back when the server calls ``close()`` on the response: rolled back if
+    a transaction is open, then recycled, or discarded when broken or too old. At
+    most ``pool_size + max_overflow`` connections per alias are open in a process;
+    a request that cannot get one within ``timeout`` seconds is answered ``503``
+    with ``Retry-After: retry_after``.
+
+    Keyword arguments:
+        aliases: the ``DATABASES`` aliases to pool; default: every MySQL alias.
+        pool_size: idle connections kept open per alias for reuse.
+        max_overflow: connections beyond ``pool_size`` opened in bursts, closed on checkin.
+        timeout: seconds a checkout may take in all (waiting, connecting, pinging).
+        max_age: seconds after which a connection is closed rather than reused (None: never).
+        max_idle: seconds a connection may sit idle before it is closed (None: never).
+        pre_ping: ping a connection before reuse: True always, False never, or a
+            number: when it sat idle at least that many seconds.
+        retry_after: seconds sent in the 503's ``Retry-After`` header.
+        logger: a structlog logger for the ``db_pool.*`` events.
+    """
+
+    def __init__(
+        self,
+        app: WSGIApplication,
+        *,
+        aliases: Iterable[str] | None = None,
+        pool_size: int = 10,
+        max_overflow: int = 10,
+        timeout: float = 5.0,
+        max_age: float | None = 60 * 60.0,
+        max_idle: float | None = 10 * 60.0,
+        pre_ping: bool | float = 60.0,
+        retry_after: int = 5,
+        logger: Any = None,
+    ) -> None:
+        if not callable(app):
+            raise TypeError(f"app must be a WSGI application (a callable), not {app!r}")
+        self.app = app
+        self.config = PoolConfig(
+            pool_size=pool_size,
+            max_overflow=max_overflow,
+            timeout=timeout,
+            max_age=max_age,
+            max_idle=max_idle,
+            pre_ping=pre_ping,
+            retry_after=retry_after,
+        )
+        _events.check_logger(logger)
+        self.aliases = _django.resolve_aliases(aliases)
+        self._logger = logger
+        log = _events.resolve(logger)
+        self._pools = {
+            alias: Pool(alias, _django.AliasConnector(alias), self.config, log)
+            for alias in self.aliases
+        }
+        self._log = log
+        self._retry_after = retry_after
+        self._ready = False
+        self._stop: threading.Event | None = None
+        _django.install()
+        _live.add(self)
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        if not self._ready:
+            self._prepare()
+        lease = _django.Lease(self._pools, environ.get("PATH_INFO"))
+        token = _django.current_lease.set(lease)
+        responder = _Responder(start_response, lease, self._retry_after)
+        try:
+            result = self.app(environ, responder)
+        except BaseException:
+            # No iterable, so nobody will call close(): give back here.
+            self._finish(lease, token)
+            if lease.unavailable is not None:
+                status, headers, body = _unavailable(self._retry_after)
+                start_response(status, headers, sys.exc_info())
+                return body
+            raise
+        return ClosingIterator(
+            result, lambda: self._finish(lease, token), lease.reclaim, responder.body
+        )
+
+    @staticmethod
+    def _finish(lease: _django.Lease, token: Any) -> None:
+        try:
+            lease.release()
+        finally:
+            # Closed from another context: the lease is inactive anyway.
+            with contextlib.suppress(ValueError):
+                _django.current_lease.reset(token)
+
+    # -- per process ---------------------------------------------------------------
+
+    def _prepare(self) -> None:
+        """First request in this process: after any fork and after gevent's patching."""
+        if _django.fix_storage():
+            self._log.warning(
+                "db_pool.storage_rebound",
+                detail="django.db was imported before gevent patched threading; "
+                "its connection storage was made greenlet-local",
+            )
+        self._log = _events.resolve(self._logger)
+        for pool in self._pools.values():
+            pool.set_log(self._log)
+        if self._stop is None and not self.closed:
+            self._start_reaper()
+        self._ready = True
+
+    def _after_fork(self) -> None:
+        # The child must never use (or QUIT) a connection its parent opened.
+        for pool in self._pools.values():
+            pool.after_fork()
+        self._stop = None
+        self._ready = False
+
+    def _start_reaper(self) -> None:
+        limits = [x for x in (self.config.max_idle, self.config.max_age) if x is not None]
+        interval = min([30.0, *(x / 2 for x in limits)])
+        interval = max(interval, 0.05)
+        # threading as it is now: a greenlet once gevent has patched it.
+        stop = threading.Event()
+        self._stop = stop
+        thread = threading.Thread(
+            target=_reap_loop,
+            args=(weakref.ref(self), stop, interval),
+            name="wsgi_db_pool-reaper",
+            daemon=True,
+        )
+        thread.start()
+
+    def _reap(self) -> None:
+        for pool in self._pools.values():
+            pool.reap()
+
+    # -- public --------------------------------------------------------------------
+
+    def stats(self) -> dict[str, dict[str, Any]]:
+        """Per alias: ``open``, ``idle``, ``in_use``, ``waiting`` and running totals."""
+        return {alias: pool.stats() for alias, pool in self._pools.items()}
+
+    @property
+    def closed(self) -> bool:
+        """Whether ``close()`` was called."""
+        return any(pool.closed for pool in self._pools.values())
+
+    def close(self) -> None:
+        """Close every idle connection; later checkouts raise PoolClosed (a 503 to clients).
+
+        Connections still in use are closed when their requests give them back.
+        Calling it twice is harmless.
+        """
+        if self._stop is not None:
+            self._stop.set()
+        for pool in self._pools.values():
+            pool.close()
+
+
+def _reap_loop(
+    ref: Callable[[], PoolingMiddleware | None], stop: threading.Event, every: float
+) -> None:
+    while not stop.wait(every):
+        middleware = ref()
+        if middleware is None:
+            return
+        middleware._reap()
+        del middleware

@@ -1,0 +1,450 @@
+"""One alias's pool: the cap, the waiters, the idle connections, their lifetime, the stats.
+
+It knows nothing of Django or WSGI: a ``Connector`` makes, checks and closes the
+connections it holds. Every blocking call (connect, ping, close) happens outside the
+lock, and the lock is never held across a greenlet switch, so a plain lock is enough
+under gevent and under real threads alike.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter, deque
+from typing import Any, Protocol
+
+from . import _sync
+from .config import PoolConfig
+from .errors import PoolClosed, PoolTimeout
+
+__all__ = ["Connector", "Pool", "PooledConnection"]
+
+# A waiter handed _SLOT may open a connection of its own under the cap;
+# one handed _CLOSED raises PoolClosed.
+_SLOT: Any = object()
+_CLOSED: Any = object()
+
+
+class Connector(Protocol):
+    """What the pool needs from the code that owns the connections."""
+
+    def reset(self, conn: Any) -> str | None:
+        """Undo a holder's changes before checkin; a discard reason when it cannot."""
+
+    def connect(self) -> Any:
+        """Open a new connection, ready to hand out; raise on failure."""
+
+    def check(self, conn: Any, ping: bool) -> str | None:
+        """A discard reason if ``conn`` must not be handed out, else None; never raises."""
+
+    def close(self, conn: Any) -> None:
+        """Close ``conn`` politely (it may do I/O); never raises."""
+
+    def abort(self, conn: Any) -> None:
+        """Drop ``conn``'s socket without any I/O or lock (finalizers, forks); never raises."""
+
+
+class _Log(Protocol):
+    def debug(self, event: str, **kw: Any) -> Any: ...
+    def info(self, event: str, **kw: Any) -> Any: ...
+    def warning(self, event: str, **kw: Any) -> Any: ...
+
+
+class PooledConnection:
+    """A connection with the times the pool keeps for it."""
+
+    __slots__ = ("checked_out_at", "conn", "created_at", "idle_since", "where")
+
+    def __init__(self, conn: Any, now: float) -> None:
+        self.conn = conn
+        self.created_at = now
+        self.idle_since = now
+        self.checked_out_at = now
+        # What the holder was doing, for the leak event (set by the caller).
+        self.where: str | None = None
+
+
+class _Waiter:
+    __slots__ = ("item", "lock")
+
+    def __init__(self) -> None:
+        self.item: Any = None
+        self.lock = _sync.allocate_lock()
+        self.lock.acquire()
+
+
+class Pool:
+    """Connections of one alias: at most ``cap`` open, waiters served first come first served."""
+
+    def __init__(self, name: str, connector: Connector, config: PoolConfig, log: _Log) -> None:
+        self.name = name
+        self.connector = connector
+        self._config = config
+        self.set_log(log)
+        self._cap = config.cap
+        self._pool_size = config.pool_size
+        self._max_age = config.max_age
+        self._max_idle = config.max_idle
+        self._ping_after = config.ping_after
+        self._reset_state()
+
+    def set_log(self, log: _Log) -> None:
+        """Send events to ``log`` from now on."""
+        self._log = log
+        self._debug = _debug_enabled(log)
+
+    def _reset_state(self) -> None:
+        self._lock = _sync.allocate_lock()
+        self._pid = os.getpid()
+        self._idle: list[PooledConnection] = []  # a stack: hot on top, the oldest idle at [0]
+        self._waiters: deque[_Waiter] = deque()
+        self._open = 0  # connected, connecting, or closing: all count against the cap
+        self._in_use = 0
+        self._closed = False
+        # Reclaimed by finalizers, which may not take the lock; drained under it.
+        self._leaked: deque[PooledConnection] = deque()
+        self._connects = 0
+        self._checkouts = 0
+        self._recycles = 0
+        self._timeouts = 0
+        self._connect_errors = 0
+        self._discards: Counter[str] = Counter()
+        self._last_connect_error: str | None = None
+
+    # -- checkout ---------------------------------------------------------------
+
+    def checkout(self, timeout: float | None = None) -> PooledConnection:
+        """Take a connection for the caller's exclusive use; wait up to ``timeout`` seconds.
+
+        Raises PoolTimeout when none came in time, PoolClosed after ``close()``, or the
+        connector's own error when a new connection cannot be opened.
+        """
+        start = time.monotonic()
+        deadline = start + (self._config.timeout if timeout is None else timeout)
+        waiter = None
+        entry = None
+        with self._lock:
+            if self._leaked:
+                self._drain_leaked_locked()
+            if self._closed:
+                raise PoolClosed(f"the pool of alias {self.name!r} is closed")
+            if self._idle:
+                entry = self._idle.pop()
+                self._in_use += 1
+            elif self._open < self._cap:
+                # Reserve the slot before connect() can yield to another greenlet.
+                self._open += 1
+                self._in_use += 1
+            else:
+                waiter = _Waiter()
+                self._waiters.append(waiter)
+        if waiter is not None:
+            got = self._wait(waiter, start, deadline)
+            if got is _CLOSED:
+                raise PoolClosed(f"the pool of alias {self.name!r} is closed")
+            if got is not _SLOT:
+                entry = got
+        if entry is not None:
+            try:
+                reason = self._stale(entry, deadline)
+            except BaseException:
+                self.checkin(entry, "interrupted")
+                raise
+            if reason is None:
+                entry.checked_out_at = now = time.monotonic()
+                with self._lock:
+                    self._checkouts += 1
+                if self._debug:
+                    self._emit_debug("db_pool.checkout", reused=True, waited=now - start)
+                return entry
+            # Keep the slot: the stale connection's place goes to a new one.
+            self.connector.close(entry.conn)
+            self._count_discard(reason)
+        return self._connect(start, deadline)
+
+    def _wait(self, waiter: _Waiter, start: float, deadline: float) -> Any:
+        try:
+            waiter.lock.acquire(True, max(deadline - time.monotonic(), 0.0))
+        except BaseException:
+            # gevent.Timeout or GreenletExit while waiting: give back what may have come.
+            self._abandon(waiter)
+            raise
+        with self._lock:
+            item = waiter.item
+            if item is None:
+                # Timed out, and no handoff raced in before the lock.
+                self._waiters.remove(waiter)
+                self._timeouts += 1
+                error = self._timeout_error(time.monotonic() - start)
+        if item is None:
+            self._log.warning("db_pool.timeout", **self._counts(), waited=error.waited)
+            raise error
+        return item
+
+    def _abandon(self, waiter: _Waiter) -> None:
+        with self._lock:
+            item, waiter.item = waiter.item, _CLOSED
+            if item is None:
+                self._waiters.remove(waiter)
+                return
+        if item is _CLOSED:
+            return
+        if item is _SLOT:
+            self._release_slot()
+        else:
+            self.checkin(item)
+
+    def _stale(self, entry: PooledConnection, deadline: float) -> str | None:
+        now = time.monotonic()
+        if self._max_age is not None and now - entry.created_at >= self._max_age:
+            return "max_age"
+        if self._max_idle is not None and now - entry.idle_since >= self._max_idle:
+            return "max_idle"
+        ping = self._ping_after is not None and now - entry.idle_since >= self._ping_after
+        if not ping:
+            return self.connector.check(entry.conn, False)
+        with _sync.deadline(deadline - now) as timer:
+            try:
+                return self.connector.check(entry.conn, True)
+            except BaseException as exc:
+                if timer is not None and exc is timer:
+                    return "broken"
+                raise
+
+    def _connect(self, start: float, deadline: float) -> PooledConnection:
+        try:
+            with _sync.deadline(deadline - time.monotonic()) as timer:
+                try:
+                    conn = self.connector.connect()
+                except BaseException as exc:
+                    if timer is not None and exc is timer:
+                        raise self._timeout_error(time.monotonic() - start, "connect") from None
+                    raise
+        except BaseException as exc:
+            with self._lock:
+                self._connect_errors += 1
+                self._last_connect_error = f"{type(exc).__name__}: {exc}"
+                if isinstance(exc, PoolTimeout):
+                    self._timeouts += 1
+            self._release_slot()
+            if isinstance(exc, PoolTimeout):
+                self._log.warning("db_pool.timeout", **self._counts(), waited=exc.waited)
+            raise
+        now = time.monotonic()
+        entry = PooledConnection(conn, now)
+        with self._lock:
+            self._connects += 1
+            self._checkouts += 1
+        self._log.info("db_pool.connect", **self._counts(), seconds=round(now - start, 6))
+        if self._debug:
+            self._emit_debug("db_pool.checkout", reused=False, waited=now - start)
+        return entry
+
+    def _timeout_error(self, waited: float, doing: str = "wait") -> PoolTimeout:
+        what = "connecting took" if doing == "connect" else "waited"
+        msg = (
+            f"no connection for alias {self.name!r}: {what} {waited:.2f} s "
+            f"(timeout={self._config.timeout} s); {self._in_use} of {self._cap} in use "
+            f"(pool_size={self._pool_size} + max_overflow={self._cap - self._pool_size}), "
+            f"{len(self._waiters)} waiting"
+        )
+        if self._last_connect_error:
+            msg += f"; last connect error: {self._last_connect_error}"
+        return PoolTimeout(msg, round(waited, 6))
+
+    # -- checkin ----------------------------------------------------------------
+
+    def checkin(self, entry: PooledConnection, reason: str | None = None) -> None:
+        """Give ``entry`` back: recycled for reuse, or discarded (closed) with ``reason``."""
+        now = time.monotonic()
+        held = now - entry.checked_out_at
+        if reason is None and self._max_age is not None and now - entry.created_at >= self._max_age:
+            reason = "max_age"
+        handed = False
+        if reason is None:
+            with self._lock:
+                if self._leaked:
+                    self._drain_leaked_locked()
+                if self._closed:
+                    reason = "shutdown"
+                elif self._waiters:
+                    # Straight to the longest waiter: a greenlet that comes later must
+                    # not find it idle first.
+                    waiter = self._waiters.popleft()
+                    entry.checked_out_at = now
+                    entry.idle_since = now
+                    waiter.item = entry
+                    waiter.lock.release()
+                    self._recycles += 1
+                    handed = True
+                elif len(self._idle) < self._pool_size:
+                    entry.idle_since = now
+                    self._idle.append(entry)
+                    self._in_use -= 1
+                    self._recycles += 1
+                else:
+                    reason = "overflow"
+            if reason is None:
+                if self._debug:
+                    self._emit_debug("db_pool.recycle", held=held, handed=handed)
+                return
+        # Close before the slot is freed, so the server never sees more than the cap.
+        self.connector.close(entry.conn)
+        self._count_discard(reason, held=held)
+        self._release_slot()
+
+    def _release_slot(self) -> None:
+        with self._lock:
+            if self._waiters and not self._closed:
+                waiter = self._waiters.popleft()
+                waiter.item = _SLOT
+                waiter.lock.release()
+            else:
+                self._open -= 1
+                self._in_use -= 1
+
+    def _count_discard(self, reason: str, **fields: Any) -> None:
+        with self._lock:
+            self._discards[reason] += 1
+        if "held" in fields:
+            fields["held"] = round(fields["held"], 6)
+        self._log.info("db_pool.discard", **self._counts(), reason=reason, **fields)
+
+    # -- leaks: no lock, no I/O ------------------------------------------------------
+
+    def reclaim(self, entry: PooledConnection) -> None:
+        """Take back a connection whose holder vanished; safe from a finalizer.
+
+        It drops the socket without I/O and queues the slot; the next checkout,
+        checkin or reaper tick (or, under gevent, the event loop at once) frees it.
+        """
+        self.connector.abort(entry.conn)
+        self._leaked.append(entry)
+        _sync.call_soon(self.drain_leaked)
+
+    def drain_leaked(self) -> None:
+        """Free the slots of reclaimed connections and wake waiters for them."""
+        if not self._leaked:
+            return
+        with self._lock:
+            drained = self._drain_leaked_locked()
+        for entry in drained:
+            self._log.warning(
+                "db_pool.leak",
+                **self._counts(),
+                held=round(time.monotonic() - entry.checked_out_at, 6),
+                where=entry.where,
+            )
+
+    def _drain_leaked_locked(self) -> list[PooledConnection]:
+        drained = []
+        while self._leaked:
+            entry = self._leaked.popleft()
+            drained.append(entry)
+            self._discards["leak"] += 1
+            if self._waiters and not self._closed:
+                waiter = self._waiters.popleft()
+                waiter.item = _SLOT
+                waiter.lock.release()
+            else:
+                self._open -= 1
+                self._in_use -= 1
+        return drained
+
+    # -- upkeep -----------------------------------------------------------------
+
+    def reap(self) -> None:
+        """Close idle connections past ``max_idle`` or ``max_age``; the reaper calls it."""
+        self.drain_leaked()
+        now = time.monotonic()
+        expired: list[tuple[PooledConnection, str]] = []
+        with self._lock:
+            keep = []
+            for entry in self._idle:
+                if self._max_age is not None and now - entry.created_at >= self._max_age:
+                    expired.append((entry, "max_age"))
+                elif self._max_idle is not None and now - entry.idle_since >= self._max_idle:
+                    expired.append((entry, "max_idle"))
+                else:
+                    keep.append(entry)
+            if expired:
+                self._idle[:] = keep
+                # Still counted open (and in_use, as "closing") until closed below.
+                self._in_use += len(expired)
+        for entry, reason in expired:
+            self.connector.close(entry.conn)
+            self._count_discard(reason)
+            self._release_slot()
+
+    def close(self) -> None:
+        """Close every idle connection and refuse later checkouts; twice is harmless.
+
+        Connections in use are closed when they are given back; waiters get PoolClosed.
+        """
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            idle, self._idle = self._idle, []
+            self._in_use += len(idle)
+            waiters, self._waiters = self._waiters, deque()
+        for waiter in waiters:
+            waiter.item = _CLOSED
+            waiter.lock.release()
+        for entry in idle:
+            self.connector.close(entry.conn)
+            self._count_discard("shutdown")
+            self._release_slot()
+
+    def after_fork(self) -> None:
+        """Forget the parent's connections without touching their sockets' server side."""
+        for entry in [*self._idle, *self._leaked]:
+            self.connector.abort(entry.conn)
+        self._reset_state()
+
+    @property
+    def closed(self) -> bool:
+        """Whether ``close()`` was called."""
+        return self._closed
+
+    # -- numbers ----------------------------------------------------------------
+
+    def _counts(self) -> dict[str, Any]:
+        return {
+            "alias": self.name,
+            "open": self._open,
+            "idle": len(self._idle),
+            "in_use": self._in_use,
+            "waiting": len(self._waiters),
+        }
+
+    def _emit_debug(self, event: str, **fields: Any) -> None:
+        for key in ("waited", "held"):
+            if key in fields:
+                fields[key] = round(fields[key], 6)
+        self._log.debug(event, **self._counts(), **fields)
+
+    def stats(self) -> dict[str, Any]:
+        """The pool's state and running totals, as a plain dict with stable keys."""
+        with self._lock:
+            counts = self._counts()
+            del counts["alias"]
+            return {
+                **counts,
+                "pool_size": self._pool_size,
+                "max_overflow": self._cap - self._pool_size,
+                "connects": self._connects,
+                "connect_errors": self._connect_errors,
+                "checkouts": self._checkouts,
+                "recycles": self._recycles,
+                "discards": dict(self._discards),
+                "timeouts": self._timeouts,
+                "leaked_pending": len(self._leaked),
+            }
+
+
+def _debug_enabled(log: Any) -> bool:
+    is_enabled_for = getattr(log, "is_enabled_for", None)
+    if is_enabled_for is None:
+        return True
+    return bool(is_enabled_for(10))  # logging.DEBUG
