@@ -102,7 +102,7 @@ _django_create_connection = ConnectionHandler.create_connection
 _handler: Any = connections
 
 
-def _create_connection(alias: str) -> BaseDatabaseWrapper:
+def _create_connection(alias: str) -> Any:
     lease = current_lease.get()
     if lease is not None and lease.wants(alias):
         return lease.checkout(alias)

@@ -158,8 +158,13 @@ class Pool:
                     self._emit_debug("db_pool.checkout", reused=True, waited=now - start)
                 return entry
             # Keep the slot: the stale connection's place goes to a new one.
-            self.connector.close(entry.conn)
-            self._count_discard(reason)
+            try:
+                self.connector.close(entry.conn)
+            except BaseException:
+                self._release_slot()
+                raise
+            finally:
+                self._count_discard(reason)
         return self._connect(start, deadline)
 
     def _wait(self, waiter: _Waiter, start: float, deadline: float) -> Any:
@@ -288,10 +293,16 @@ class Pool:
                 if self._debug:
                     self._emit_debug("db_pool.recycle", held=held, handed=handed)
                 return
-        # Close before the slot is freed, so the server never sees more than the cap.
-        self.connector.close(entry.conn)
-        self._count_discard(reason, held=held)
-        self._release_slot()
+        self._discard(entry, reason, held=held)
+
+    def _discard(self, entry: PooledConnection, reason: str, **fields: Any) -> None:
+        # Close before the slot is freed, so the server never sees more than the cap;
+        # free it even if the close is interrupted.
+        try:
+            self.connector.close(entry.conn)
+        finally:
+            self._count_discard(reason, **fields)
+            self._release_slot()
 
     def _release_slot(self) -> None:
         with self._lock:
@@ -372,9 +383,7 @@ class Pool:
                 # Still counted open (and in_use, as "closing") until closed below.
                 self._in_use += len(expired)
         for entry, reason in expired:
-            self.connector.close(entry.conn)
-            self._count_discard(reason)
-            self._release_slot()
+            self._discard(entry, reason)
 
     def close(self) -> None:
         """Close every idle connection and refuse later checkouts; twice is harmless.
@@ -392,9 +401,7 @@ class Pool:
             waiter.item = _CLOSED
             waiter.lock.release()
         for entry in idle:
-            self.connector.close(entry.conn)
-            self._count_discard("shutdown")
-            self._release_slot()
+            self._discard(entry, "shutdown")
 
     def after_fork(self) -> None:
         """Forget the parent's connections without touching their sockets' server side."""
