@@ -139,11 +139,20 @@ def fix_storage() -> bool:
 
 
 class _Guard:
-    """The bottom execute wrapper of a pooled wrapper: notes faults of the connection."""
+    """Watches every command a pooled wrapper sends and notes what ends the connection.
 
-    __slots__ = ("fault",)
+    It sits at the bottom of the wrapper's ``execute_wrappers`` (every statement) and
+    around its ``_commit``, ``_rollback`` and ``_set_autocommit`` (which bypass them).
+    An interrupted command (``gevent.Timeout``, ``GreenletExit``) may leave its reply
+    on the socket, where a later COMMIT could read it as its own while the server
+    commits a partial transaction; so the socket is dropped on the spot, whatever the
+    driver's version does, and every later command on it fails instead.
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("fault", "wrapper")
+
+    def __init__(self, wrapper: Any) -> None:
+        self.wrapper = wrapper
         self.fault: str | None = None
 
     def __call__(
@@ -156,9 +165,28 @@ class _Guard:
                 self.fault = "broken"
             raise
         except BaseException:
-            # gevent.Timeout, GreenletExit: a reply may still be on the socket.
-            self.fault = "interrupted"
+            self.interrupted()
             raise
+
+    def interrupted(self) -> None:
+        self.fault = "interrupted"
+        raw = self.wrapper.connection
+        if raw is not None:
+            _mysql.abort(raw)
+
+    def around(self, method: Callable[..., Any]) -> Callable[..., Any]:
+        def guarded(*args: Any) -> Any:
+            try:
+                return method(*args)
+            except Exception as exc:
+                if _mysql.is_gone(exc):
+                    self.fault = "broken"
+                raise
+            except BaseException:
+                self.interrupted()
+                raise
+
+        return guarded
 
 
 def _leave_to_pool() -> None:
@@ -186,7 +214,9 @@ class AliasConnector:
         wrapper.close_at = None
         wrapper.health_check_enabled = False
         wrapper.close_if_unusable_or_obsolete = _leave_to_pool
-        guard = _Guard()
+        guard = _Guard(wrapper)
+        for name in ("_commit", "_rollback", "_set_autocommit"):
+            setattr(wrapper, name, guard.around(getattr(wrapper, name)))
         wrapper._wsgi_db_pool_guard = guard
         wrapper._wsgi_db_pool_wrappers = [guard]
         wrapper.execute_wrappers = wrapper._wsgi_db_pool_wrappers
@@ -226,7 +256,7 @@ class AliasConnector:
             except Exception:
                 return "reset_failed"
             except BaseException:
-                guard.fault = "interrupted"
+                guard.interrupted()
                 raise
         # Django's Python-side state, as a fresh connect() would leave it.
         wrapper.autocommit = autocommit
