@@ -240,7 +240,7 @@ class AliasConnector:
         guard: _Guard = wrapper._wsgi_db_pool_guard
         if guard.fault is not None:
             return guard.fault
-        if not _mysql.is_quiet(raw):
+        if not _mysql.is_open(raw):
             return "broken"
         autocommit = wrapper.settings_dict["AUTOCOMMIT"]
         if (
@@ -306,7 +306,7 @@ class Lease:
         self.pools = pools
         self.where = where
         self.owner = _sync.get_ident()
-        self.held: list[tuple[str, PooledConnection]] = []
+        self.held: list[tuple[str, PooledConnection]] | None = None  # made on first checkout
         self.active = True
         # The error that made a checkout fail because the database was out of reach.
         self.unavailable: BaseException | None = None
@@ -328,6 +328,8 @@ class Lease:
         # Django refuses a wrapper used from a thread (greenlet) other than its maker's.
         wrapper._thread_ident = self.owner
         entry.where = self.where
+        if self.held is None:
+            self.held = []
         self.held.append((alias, entry))
         return wrapper
 
@@ -338,7 +340,7 @@ class Lease:
         BaseException is raised again at the end.
         """
         self.active = False
-        held, self.held = self.held, []
+        held, self.held = self.held, None
         if not held:
             return
         mine = self.owner == _sync.get_ident()
@@ -357,11 +359,22 @@ class Lease:
         if error is not None:
             raise error
 
+    def finish(self, token: contextvars.Token[Lease | None]) -> None:
+        """End the unit of work: give everything back, then leave the context as it was."""
+        try:
+            self.release()
+        finally:
+            # contextlib.suppress would cost an object on every request.
+            try:  # noqa: SIM105
+                current_lease.reset(token)
+            except ValueError:
+                pass  # finished from another context: this lease is inactive anyway
+
     def reclaim(self) -> None:
         """Take back what was never released (a response nobody closed): no I/O, no lock."""
         self.active = False
-        held, self.held = self.held, []
-        for alias, entry in held:
+        held, self.held = self.held, None
+        for alias, entry in held or ():
             self.pools[alias].reclaim(entry)
 
 

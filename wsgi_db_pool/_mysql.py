@@ -42,20 +42,31 @@ def is_unavailable(exc: BaseException) -> bool:
     return error_code(exc) in UNAVAILABLE_CODES
 
 
-def _original_poll() -> Any:
-    # gevent replaces select.poll with one that waits on its hub; a zero-timeout
-    # check must not give up the CPU, so use the original.
-    monkey = sys.modules.get("gevent.monkey")
-    if monkey is not None:
-        return monkey.get_original("select", "poll")
-    return select.poll
+_poll: Any = None
+
+
+def _poller(raw: Any, fd: int) -> Any:
+    global _poll
+    if _poll is None:
+        # gevent replaces select.poll with one that waits on its hub; a zero-timeout
+        # check must not give up the CPU, so use the original. Resolved once: either
+        # way it is the original.
+        monkey = sys.modules.get("gevent.monkey")
+        _poll = monkey.get_original("select", "poll") if monkey else select.poll
+    cached = raw.__dict__.get("_wsgi_db_pool_poller")
+    if cached is not None and cached[0] == fd:
+        return cached[1]
+    poller = _poll()
+    poller.register(fd, select.POLLIN | select.POLLPRI)
+    raw._wsgi_db_pool_poller = (fd, poller)
+    return poller
 
 
 def is_quiet(raw: Any) -> bool:
     """Whether an idle connection's socket is open and has nothing to read.
 
     A server-side KILL, ``wait_timeout``, shutdown or FIN makes the socket readable:
-    this sees it with a syscall and no round trip. Unknown drivers count as quiet.
+    this sees it with one syscall and no round trip. Unknown drivers count as quiet.
     """
     if not hasattr(raw, "_sock"):
         return True
@@ -63,11 +74,14 @@ def is_quiet(raw: Any) -> bool:
     if sock is None:
         return False
     try:
-        poller = _original_poll()()
-        poller.register(sock.fileno(), select.POLLIN | select.POLLPRI)
-        return not poller.poll(0)
+        return not _poller(raw, sock.fileno()).poll(0)
     except (OSError, ValueError):
         return False
+
+
+def is_open(raw: Any) -> bool:
+    """Whether the driver still has a socket (PyMySQL drops it on any lost read)."""
+    return getattr(raw, "_sock", True) is not None
 
 
 def ping(raw: Any) -> bool:

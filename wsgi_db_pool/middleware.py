@@ -7,7 +7,6 @@ connections per task, not per greenlet.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 import threading
@@ -16,7 +15,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from . import _django, _events
-from ._closing import ClosingIterator
+from ._closing import Response, unavailable
 from .config import PoolConfig
 from .pool import Pool
 
@@ -34,40 +33,6 @@ def _after_fork_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-class _Responder:
-    """The ``start_response`` given to the app: turns a 500 caused by the pool into a 503."""
-
-    __slots__ = ("body", "lease", "retry_after", "start_response")
-
-    def __init__(
-        self, start_response: StartResponse, lease: _django.Lease, retry_after: int
-    ) -> None:
-        self.start_response = start_response
-        self.lease = lease
-        self.retry_after = retry_after
-        self.body: list[bytes] | None = None
-
-    def __call__(self, status: str, headers: list[tuple[str, str]], *exc_info: Any) -> Any:
-        # Django turns every exception into a 500 before we could see it; the
-        # lease knows whether the database was out of reach.
-        if self.lease.unavailable is not None and status[:3] == "500":
-            status, headers, self.body = _unavailable(self.retry_after)
-        return self.start_response(status, headers, *exc_info)
-
-
-def _unavailable(retry_after: int) -> tuple[str, list[tuple[str, str]], list[bytes]]:
-    body = (
-        f"Service Unavailable: no database connection could be had in time. "
-        f"Retry after {retry_after} seconds.\n"
-    ).encode()
-    headers = [
-        ("Content-Type", "text/plain; charset=utf-8"),
-        ("Content-Length", str(len(body))),
-        ("Retry-After", str(retry_after)),
-    ]
-    return "503 Service Unavailable", headers, [body]
 
 
 class PoolingMiddleware:
@@ -139,29 +104,18 @@ class PoolingMiddleware:
             self._prepare()
         lease = _django.Lease(self._pools, environ.get("PATH_INFO"))
         token = _django.current_lease.set(lease)
-        responder = _Responder(start_response, lease, self._retry_after)
+        response = Response(start_response, lease, token, self._retry_after)
         try:
-            result = self.app(environ, responder)
+            result = self.app(environ, response.start_response)
         except BaseException:
             # No iterable, so nobody will call close(): give back here.
-            self._finish(lease, token)
+            lease.finish(token)
             if lease.unavailable is not None:
-                status, headers, body = _unavailable(self._retry_after)
+                status, headers, body = unavailable(self._retry_after)
                 start_response(status, headers, sys.exc_info())
                 return body
             raise
-        return ClosingIterator(
-            result, lambda: self._finish(lease, token), lease.reclaim, responder.body
-        )
-
-    @staticmethod
-    def _finish(lease: _django.Lease, token: Any) -> None:
-        try:
-            lease.release()
-        finally:
-            # Closed from another context: the lease is inactive anyway.
-            with contextlib.suppress(ValueError):
-                _django.current_lease.reset(token)
+        return response.wrap(result)
 
     # -- per process ---------------------------------------------------------------
 

@@ -94,7 +94,8 @@ class Pool:
         self._debug = _debug_enabled(log)
 
     def _reset_state(self) -> None:
-        self._lock = _sync.allocate_lock()
+        # Never held across a greenlet switch or any I/O: see _sync.allocate_native_lock.
+        self._lock = _sync.allocate_native_lock()
         self._pid = os.getpid()
         self._idle: list[PooledConnection] = []  # a stack: hot on top, the oldest idle at [0]
         self._waiters: deque[_Waiter] = deque()
@@ -131,6 +132,7 @@ class Pool:
             if self._idle:
                 entry = self._idle.pop()
                 self._in_use += 1
+                self._checkouts += 1
             elif self._open < self._cap:
                 # Reserve the slot before connect() can yield to another greenlet.
                 self._open += 1
@@ -152,8 +154,6 @@ class Pool:
                 raise
             if reason is None:
                 entry.checked_out_at = now = time.monotonic()
-                with self._lock:
-                    self._checkouts += 1
                 if self._debug:
                     self._emit_debug("db_pool.checkout", reused=True, waited=now - start)
                 return entry
@@ -165,7 +165,7 @@ class Pool:
                 raise
             finally:
                 self._count_discard(reason)
-        return self._connect(start, deadline)
+        return self._connect(start, deadline, counted=entry is not None)
 
     def _wait(self, waiter: _Waiter, start: float, deadline: float) -> Any:
         try:
@@ -216,7 +216,8 @@ class Pool:
                     return "broken"
                 raise
 
-    def _connect(self, start: float, deadline: float) -> PooledConnection:
+    def _connect(self, start: float, deadline: float, counted: bool) -> PooledConnection:
+        """Open a connection in a slot the caller holds; ``counted``: its checkout is."""
         try:
             with _sync.deadline(deadline - time.monotonic()) as timer:
                 try:
@@ -227,6 +228,8 @@ class Pool:
                     raise
         except BaseException as exc:
             with self._lock:
+                if counted:
+                    self._checkouts -= 1
                 self._connect_errors += 1
                 self._last_connect_error = f"{type(exc).__name__}: {exc}"
                 if isinstance(exc, PoolTimeout):
@@ -239,7 +242,8 @@ class Pool:
         entry = PooledConnection(conn, now)
         with self._lock:
             self._connects += 1
-            self._checkouts += 1
+            if not counted:
+                self._checkouts += 1
         self._log.info("db_pool.connect", **self._counts(), seconds=round(now - start, 6))
         if self._debug:
             self._emit_debug("db_pool.checkout", reused=False, waited=now - start)
@@ -281,6 +285,7 @@ class Pool:
                     waiter.item = entry
                     waiter.lock.release()
                     self._recycles += 1
+                    self._checkouts += 1
                     handed = True
                 elif len(self._idle) < self._pool_size:
                     entry.idle_since = now
