@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-from .errors import PoolClosed, PoolError, PoolTimeout
+from .errors import PoolClosed, PoolError, PoolOverloaded, PoolTimeout, PoolUnavailable
 from .middleware import PoolingMiddleware
 
 try:
@@ -17,4 +17,12 @@ try:
 except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0"
 
-__all__ = ["PoolClosed", "PoolError", "PoolTimeout", "PoolingMiddleware", "__version__"]
+__all__ = [
+    "PoolClosed",
+    "PoolError",
+    "PoolOverloaded",
+    "PoolTimeout",
+    "PoolUnavailable",
+    "PoolingMiddleware",
+    "__version__",
+]

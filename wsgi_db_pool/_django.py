@@ -149,15 +149,19 @@ class _Guard:
     driver's version does, and every later command on it fails instead.
     """
 
-    __slots__ = ("fault", "wrapper")
+    __slots__ = ("dirty", "fault", "wrapper")
 
     def __init__(self, wrapper: Any) -> None:
         self.wrapper = wrapper
         self.fault: str | None = None
+        # The statements since the last reset may have left session state behind.
+        self.dirty = False
 
     def __call__(
         self, execute: Callable[..., Any], sql: Any, params: Any, many: bool, context: Any
     ) -> Any:
+        if not self.dirty and _mysql.leaves_session_state(sql):
+            self.dirty = True
         try:
             return execute(sql, params, many, context)
         except Exception as exc:
@@ -196,8 +200,9 @@ def _leave_to_pool() -> None:
 class AliasConnector:
     """Makes, checks, resets and closes the pooled wrappers of one alias."""
 
-    def __init__(self, alias: str) -> None:
+    def __init__(self, alias: str, reset_session: str = "auto") -> None:
         self.alias = alias
+        self.reset_session = reset_session
 
     def connect(self) -> Any:
         wrapper: Any = _django_create_connection(connections, self.alias)
@@ -243,7 +248,20 @@ class AliasConnector:
         if not _mysql.is_open(raw):
             return "broken"
         autocommit = wrapper.settings_dict["AUTOCOMMIT"]
-        if (
+        mode = self.reset_session
+        if mode == "always" or (mode == "auto" and guard.dirty):
+            try:
+                # The server rolls back first, then drops the session's state.
+                _mysql.reset_session(raw)
+                raw.autocommit(autocommit)
+                wrapper.init_connection_state()
+            except Exception:
+                return "reset_failed"
+            except BaseException:
+                guard.interrupted()
+                raise
+            guard.dirty = False
+        elif (
             wrapper.in_atomic_block
             or wrapper.autocommit != autocommit
             or _mysql.needs_rollback(raw)

@@ -6,6 +6,7 @@ the safe, slower path: a rollback on every checkin and a ping for every check.
 
 from __future__ import annotations
 
+import re
 import select
 import sys
 from typing import Any
@@ -124,3 +125,38 @@ def close(raw: Any) -> None:
         raw.close()
     except Exception:  # already broken: drop it
         abort(raw)
+
+
+# Statements after which the session is no longer as Django set it up: SET (session
+# variables, names, next transaction), USE, LOCK TABLES, PREPARE, HANDLER, CALL, user
+# variables (a single @), temporary tables, named locks.
+_SESSION_STATE = re.compile(
+    r"(?:^|;)\s*(?:SET|USE|LOCK|PREPARE|HANDLER|CALL)\b|(?<!@)@(?!@)|TEMPORARY|GET_LOCK",
+    re.IGNORECASE,
+)
+_COM_RESET_CONNECTION = 0x1F
+
+
+def leaves_session_state(sql: object) -> bool:
+    """Whether ``sql`` may leave state on the session that the next request would see."""
+    return isinstance(sql, str) and _SESSION_STATE.search(sql) is not None
+
+
+def reset_session(raw: Any) -> None:
+    """COM_RESET_CONNECTION, then what PyMySQL set up after login, as it was.
+
+    The reset drops user variables, temporary tables, named locks, prepared
+    statements and session variables (the character set, sql_mode and autocommit
+    included) and keeps the current database. Raises the driver's error when the
+    server or driver cannot do it; the caller then discards the connection.
+    """
+    if not hasattr(raw, "_execute_command"):
+        raise NotImplementedError(f"cannot reset a session of {type(raw).__name__}")
+    raw._execute_command(_COM_RESET_CONNECTION, b"")
+    raw._read_ok_packet()
+    raw.set_character_set(raw.charset, getattr(raw, "collation", None))
+    with raw.cursor() as cursor:
+        if getattr(raw, "sql_mode", None) is not None:
+            cursor.execute("SET sql_mode=%s", (raw.sql_mode,))
+        if getattr(raw, "init_command", None) is not None:
+            cursor.execute(raw.init_command)

@@ -5,7 +5,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-__all__ = ["PoolConfig"]
+__all__ = ["RESET_SESSION", "PoolConfig"]
+
+#: auto: reset a session when its statements may have left state; always; never.
+RESET_SESSION = ("auto", "always", "never")
 
 
 def _number(name: str, value: object, *, allow_zero: bool, allow_none: bool = False) -> None:
@@ -40,6 +43,8 @@ class PoolConfig:
     max_idle: float | None = 10 * 60.0
     pre_ping: bool | float = 60.0
     retry_after: int = 5
+    max_waiting: int | None = None
+    reset_session: str = "auto"
 
     def __post_init__(self) -> None:
         _count("pool_size", self.pool_size)
@@ -61,6 +66,13 @@ class PoolConfig:
                     f"not {self.pre_ping!r}"
                 ) from None
         _count("retry_after", self.retry_after)
+        if self.max_waiting is not None:
+            _count("max_waiting", self.max_waiting)
+        if self.reset_session not in RESET_SESSION:
+            raise ValueError(
+                f"reset_session must be one of {', '.join(map(repr, RESET_SESSION))}, "
+                f"not {self.reset_session!r}"
+            )
 
     @property
     def cap(self) -> int:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["PoolClosed", "PoolError", "PoolTimeout"]
+__all__ = ["PoolClosed", "PoolError", "PoolOverloaded", "PoolTimeout", "PoolUnavailable"]
 
 
 class PoolError(Exception):
@@ -25,3 +25,17 @@ class PoolTimeout(PoolError):
 
 class PoolClosed(PoolError):
     """The pool was closed (``PoolingMiddleware.close()``); it hands out nothing more."""
+
+
+class PoolUnavailable(PoolError):
+    """Connecting failed moments ago, so the pool does not try again yet.
+
+    After a failed connect the pool backs off (0.1 s, doubling up to 2 s) and lets one
+    checkout at a time try again, so a server that is down or refusing connections
+    is not stampeded; requests that would need a new connection meanwhile fail at
+    once (503). Connections already open are still handed out.
+    """
+
+
+class PoolOverloaded(PoolError):
+    """``max_waiting`` checkouts were already waiting: refused at once (503), not queued."""

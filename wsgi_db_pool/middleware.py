@@ -55,6 +55,11 @@ class PoolingMiddleware:
         pre_ping: ping a connection before reuse: True always, False never, or a
             number: when it sat idle at least that many seconds.
         retry_after: seconds sent in the 503's ``Retry-After`` header.
+        max_waiting: the most checkouts waiting per alias; one more is answered 503 at
+            once (None: no limit).
+        reset_session: when to reset a connection's session (user variables, session
+            variables, temporary tables, named locks) on checkin: "auto" when the
+            request's statements may have left such state, "always", or "never".
         logger: a structlog logger for the ``db_pool.*`` events.
     """
 
@@ -70,6 +75,8 @@ class PoolingMiddleware:
         max_idle: float | None = 10 * 60.0,
         pre_ping: bool | float = 60.0,
         retry_after: int = 5,
+        max_waiting: int | None = None,
+        reset_session: str = "auto",
         logger: Any = None,
     ) -> None:
         if not callable(app):
@@ -83,13 +90,15 @@ class PoolingMiddleware:
             max_idle=max_idle,
             pre_ping=pre_ping,
             retry_after=retry_after,
+            max_waiting=max_waiting,
+            reset_session=reset_session,
         )
         _events.check_logger(logger)
         self.aliases = _django.resolve_aliases(aliases)
         self._logger = logger
         log = _events.resolve(logger)
         self._pools = {
-            alias: Pool(alias, _django.AliasConnector(alias), self.config, log)
+            alias: Pool(alias, _django.AliasConnector(alias, reset_session), self.config, log)
             for alias in self.aliases
         }
         self._log = log

@@ -15,9 +15,13 @@ from typing import Any, Protocol
 
 from . import _sync
 from .config import PoolConfig
-from .errors import PoolClosed, PoolTimeout
+from .errors import PoolClosed, PoolOverloaded, PoolTimeout, PoolUnavailable
 
 __all__ = ["Connector", "Pool", "PooledConnection"]
+
+# Backoff after a failed connect: first step and ceiling, in seconds.
+BACKOFF_FIRST = 0.1
+BACKOFF_MAX = 2.0
 
 # A waiter handed _SLOT may open a connection of its own under the cap;
 # one handed _CLOSED raises PoolClosed.
@@ -86,6 +90,7 @@ class Pool:
         self._max_age = config.max_age
         self._max_idle = config.max_idle
         self._ping_after = config.ping_after
+        self._max_waiting = config.max_waiting
         self._reset_state()
 
     def set_log(self, log: _Log) -> None:
@@ -111,6 +116,12 @@ class Pool:
         self._connect_errors = 0
         self._discards: Counter[str] = Counter()
         self._last_connect_error: str | None = None
+        self._rejects: Counter[str] = Counter()
+        # After a failed connect: no new connect before _backoff_until, then one
+        # at a time (_probing) until one succeeds.
+        self._backoff = 0.0
+        self._backoff_until = 0.0
+        self._probing = False
 
     # -- checkout ---------------------------------------------------------------
 
@@ -124,6 +135,7 @@ class Pool:
         deadline = start + (self._config.timeout if timeout is None else timeout)
         waiter = None
         entry = None
+        shed = None
         with self._lock:
             if self._leaked:
                 self._drain_leaked_locked()
@@ -137,9 +149,18 @@ class Pool:
                 # Reserve the slot before connect() can yield to another greenlet.
                 self._open += 1
                 self._in_use += 1
+            elif self._max_waiting is not None and len(self._waiters) >= self._max_waiting:
+                self._rejects["max_waiting"] += 1
+                shed = PoolOverloaded(
+                    f"no connection for alias {self.name!r}: all {self._cap} in use and "
+                    f"{len(self._waiters)} already waiting (max_waiting={self._max_waiting})"
+                )
             else:
                 waiter = _Waiter()
                 self._waiters.append(waiter)
+        if shed is not None:
+            self._log.warning("db_pool.reject", **self._counts(), reason="max_waiting")
+            raise shed
         if waiter is not None:
             got = self._wait(waiter, start, deadline)
             if got is _CLOSED:
@@ -218,8 +239,25 @@ class Pool:
 
     def _connect(self, start: float, deadline: float, counted: bool) -> PooledConnection:
         """Open a connection in a slot the caller holds; ``counted``: its checkout is."""
+        now = time.monotonic()
+        with self._lock:
+            refused = now < self._backoff_until or self._probing
+            if refused:
+                self._rejects["backoff"] += 1
+                if counted:
+                    self._checkouts -= 1
+            elif self._backoff:
+                self._probing = True  # the one connect allowed after a failure
+        if refused:
+            self._release_slot()
+            self._log.warning("db_pool.reject", **self._counts(), reason="backoff")
+            raise PoolUnavailable(
+                f"no connection for alias {self.name!r}: connecting failed moments ago "
+                f"({self._last_connect_error}); the next try is allowed in "
+                f"{max(self._backoff_until - now, 0.0):.2f} s"
+            )
         try:
-            with _sync.deadline(deadline - time.monotonic()) as timer:
+            with _sync.deadline(deadline - now) as timer:
                 try:
                     conn = self.connector.connect()
                 except BaseException as exc:
@@ -234,9 +272,22 @@ class Pool:
                 self._last_connect_error = f"{type(exc).__name__}: {exc}"
                 if isinstance(exc, PoolTimeout):
                     self._timeouts += 1
+                self._probing = False
+                # Our own deadline says nothing of the server (the wait may have
+                # used it up); the driver's connect_timeout gives 2003, which does.
+                if not isinstance(exc, PoolTimeout):
+                    self._backoff = min(max(self._backoff * 2, BACKOFF_FIRST), BACKOFF_MAX)
+                    self._backoff_until = time.monotonic() + self._backoff
             self._release_slot()
             if isinstance(exc, PoolTimeout):
                 self._log.warning("db_pool.timeout", **self._counts(), waited=exc.waited)
+            else:
+                self._log.warning(
+                    "db_pool.connect_failed",
+                    **self._counts(),
+                    error=self._last_connect_error,
+                    backoff=self._backoff,
+                )
             raise
         now = time.monotonic()
         entry = PooledConnection(conn, now)
@@ -244,6 +295,8 @@ class Pool:
             self._connects += 1
             if not counted:
                 self._checkouts += 1
+            self._probing = False
+            self._backoff = 0.0
         self._log.info("db_pool.connect", **self._counts(), seconds=round(now - start, 6))
         if self._debug:
             self._emit_debug("db_pool.checkout", reused=False, waited=now - start)
@@ -451,6 +504,7 @@ class Pool:
                 "recycles": self._recycles,
                 "discards": dict(self._discards),
                 "timeouts": self._timeouts,
+                "rejects": dict(self._rejects),
                 "leaked_pending": len(self._leaked),
             }
 
