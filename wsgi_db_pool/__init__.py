@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
+from ._scope import pooled
 from .errors import PoolClosed, PoolError, PoolOverloaded, PoolTimeout, PoolUnavailable
 from .middleware import PoolingMiddleware
 
@@ -25,4 +26,5 @@ __all__ = [
     "PoolUnavailable",
     "PoolingMiddleware",
     "__version__",
+    "pooled",
 ]

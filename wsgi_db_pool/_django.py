@@ -318,7 +318,7 @@ class AliasConnector:
 class Lease:
     """What one request (or other unit of work) checked out, bound and must give back."""
 
-    __slots__ = ("active", "held", "owner", "pools", "unavailable", "where")
+    __slots__ = ("active", "held", "keepalive", "owner", "pools", "unavailable", "where")
 
     def __init__(self, pools: dict[str, Pool], where: str | None) -> None:
         self.pools = pools
@@ -328,6 +328,12 @@ class Lease:
         self.active = True
         # The error that made a checkout fail because the database was out of reach.
         self.unavailable: BaseException | None = None
+        # Whatever must live as long as the lease (a weakref watching its owner).
+        self.keepalive: Any = None
+
+    def wants_any(self) -> bool:
+        """Whether this lease serves the current greenlet or thread."""
+        return self.active and self.owner == _sync.get_ident()
 
     def wants(self, alias: str) -> bool:
         return self.active and alias in self.pools and self.owner == _sync.get_ident()

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import _django, _events
 from ._closing import Response, unavailable
+from ._scope import PooledScope
 from .config import PoolConfig
 from .pool import Pool
 
@@ -25,6 +26,11 @@ if TYPE_CHECKING:
 __all__ = ["PoolingMiddleware"]
 
 _live: weakref.WeakSet[PoolingMiddleware] = weakref.WeakSet()
+
+
+def live_middlewares() -> list[PoolingMiddleware]:
+    """Every PoolingMiddleware alive in this process."""
+    return list(_live)
 
 
 def _after_fork_in_child() -> None:
@@ -170,6 +176,15 @@ class PoolingMiddleware:
             pool.reap()
 
     # -- public --------------------------------------------------------------------
+
+    @property
+    def pools(self) -> dict[str, Pool]:
+        """The pool of each pooled alias."""
+        return self._pools
+
+    def pooled(self) -> PooledScope:
+        """``with application.pooled():`` lends this middleware's pools to non-request code."""
+        return PooledScope(self, None)
 
     def stats(self) -> dict[str, dict[str, Any]]:
         """Per alias: ``open``, ``idle``, ``in_use``, ``waiting`` and running totals."""

@@ -1,0 +1,139 @@
+"""``pooled()``: pooled connections for work that is not a WSGI request.
+
+Greenlets spawned inside a view, management commands, Celery tasks on a gevent pool
+and scripts get no request, so Django would open (and strand) connections of its
+own for them. Inside ``pooled()`` they check out from the same pools as requests do
+and give back when the block ends.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+import weakref
+from collections.abc import Callable
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, TypeVar, overload
+
+from . import _django
+
+if TYPE_CHECKING:
+    from .middleware import PoolingMiddleware
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _the_middleware() -> PoolingMiddleware:
+    from .middleware import live_middlewares
+
+    found = [m for m in live_middlewares() if not m.closed]
+    if len(found) != 1:
+        raise RuntimeError(
+            f"pooled() without middleware= needs exactly one open PoolingMiddleware in this "
+            f"process, found {len(found)}; pass middleware=your_application"
+        )
+    return found[0]
+
+
+class PooledScope:
+    """A block in which pooled aliases check out from the pools; see ``pooled()``."""
+
+    __slots__ = ("_lease", "_middleware", "_token", "_where")
+
+    def __init__(self, middleware: PoolingMiddleware | None, where: str | None) -> None:
+        self._middleware = middleware
+        self._where = where
+        self._lease: _django.Lease | None = None
+        self._token: Any = None
+
+    def __enter__(self) -> None:
+        current = _django.current_lease.get()
+        if current is not None and current.wants_any():
+            return  # inside a request or an outer pooled(): share its checkouts
+        middleware = self._middleware or _the_middleware()
+        where = self._where or _caller()
+        lease = _django.Lease(middleware.pools, where)
+        self._lease = lease
+        self._token = _django.current_lease.set(lease)
+        _reclaim_when_owner_dies(lease)
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        lease, self._lease = self._lease, None
+        if lease is not None:
+            unwatch(lease)
+            lease.finish(self._token)
+
+
+@overload
+def pooled(func: F, *, middleware: PoolingMiddleware | None = ...) -> F: ...
+@overload
+def pooled(func: None = ..., *, middleware: PoolingMiddleware | None = ...) -> PooledScope: ...
+
+
+def pooled(
+    func: Callable[..., Any] | None = None, *, middleware: PoolingMiddleware | None = None
+) -> Any:
+    """Lend pooled connections to a block or a function that is not a WSGI request.
+
+    ``with pooled(): ...`` or ``@pooled`` (also ``@pooled(middleware=app)``). The
+    pools are those of ``middleware``, by default the one open ``PoolingMiddleware``
+    of the process. Connections are checked out on first use and given back when the
+    block or call ends; inside a request (or another ``pooled()``) it changes
+    nothing. A greenlet that ends without giving back has its connections reclaimed
+    and a ``db_pool.leak`` event names where the block began.
+    """
+    if func is None:
+        return PooledScope(middleware, None)
+
+    where = f"{func.__module__}.{func.__qualname__}"
+
+    @functools.wraps(func)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        with PooledScope(middleware, where):
+            return func(*args, **kwargs)
+
+    return call
+
+
+def _caller() -> str:
+    frame = sys._getframe(2)
+    return f"{frame.f_code.co_filename}:{frame.f_lineno}"
+
+
+# Watches on plain greenlets, kept here so that they outlive the greenlet's frames.
+_watched: dict[int, Any] = {}
+
+
+def _reclaim_when_owner_dies(lease: _django.Lease) -> None:
+    # A greenlet that ends while still holding a lease will never give it back;
+    # reclaim its connections then (no I/O, no lock: see Pool.reclaim).
+    greenlet = sys.modules.get("greenlet")
+    if greenlet is None:
+        return
+    owner = greenlet.getcurrent()
+    if owner.parent is None:
+        return  # a thread's main greenlet ends with its thread: nothing to watch
+    rawlink = getattr(owner, "rawlink", None)
+    if rawlink is not None:
+        # gevent's Greenlet: called from the hub when it ends, even if still referenced.
+        rawlink(lambda _greenlet: lease.reclaim())
+        return
+    key = id(lease)
+
+    def gone(_ref: Any) -> None:
+        _watched.pop(key, None)
+        lease.reclaim()
+
+    _watched[key] = weakref.ref(owner, gone)
+    lease.keepalive = key
+
+
+def unwatch(lease: _django.Lease) -> None:
+    """The lease ended normally: stop watching its owner."""
+    if lease.keepalive is not None:
+        _watched.pop(lease.keepalive, None)
