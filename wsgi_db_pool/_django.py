@@ -12,6 +12,7 @@ own method outside a request).
 from __future__ import annotations
 
 import contextvars
+import traceback
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -34,6 +35,7 @@ __all__ = [
 ]
 
 POOLABLE_VENDORS = frozenset({"mysql"})
+_STACK_LIMIT = 30
 
 # The request (or other unit of work) that owns the current greenlet's checkouts.
 # Greenlets and threads start with an empty context, so a greenlet spawned inside a
@@ -318,11 +320,23 @@ class AliasConnector:
 class Lease:
     """What one request (or other unit of work) checked out, bound and must give back."""
 
-    __slots__ = ("active", "held", "keepalive", "owner", "pools", "unavailable", "where")
+    __slots__ = (
+        "active",
+        "capture_stack",
+        "held",
+        "keepalive",
+        "owner",
+        "pools",
+        "unavailable",
+        "where",
+    )
 
-    def __init__(self, pools: dict[str, Pool], where: str | None) -> None:
+    def __init__(
+        self, pools: dict[str, Pool], where: str | None, capture_stack: bool = False
+    ) -> None:
         self.pools = pools
         self.where = where
+        self.capture_stack = capture_stack
         self.owner = _sync.get_ident()
         self.held: list[tuple[str, PooledConnection]] | None = None  # made on first checkout
         self.active = True
@@ -351,7 +365,11 @@ class Lease:
         wrapper: Any = entry.conn
         # Django refuses a wrapper used from a thread (greenlet) other than its maker's.
         wrapper._thread_ident = self.owner
-        entry.where = self.where
+        if self.capture_stack:
+            stack = "".join(traceback.format_stack(limit=_STACK_LIMIT)[:-2])
+            entry.where = f"{self.where}\n{stack}"
+        else:
+            entry.where = self.where
         if self.held is None:
             self.held = []
         self.held.append((alias, entry))

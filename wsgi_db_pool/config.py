@@ -45,6 +45,9 @@ class PoolConfig:
     retry_after: int = 5
     max_waiting: int | None = None
     reset_session: str = "auto"
+    min_size: int = 0
+    warn_hold: float | None = None
+    capture_stack: bool = False
 
     def __post_init__(self) -> None:
         _count("pool_size", self.pool_size)
@@ -68,6 +71,14 @@ class PoolConfig:
         _count("retry_after", self.retry_after)
         if self.max_waiting is not None:
             _count("max_waiting", self.max_waiting)
+        _count("min_size", self.min_size)
+        if self.min_size > self.pool_size:
+            raise ValueError(
+                f"min_size must be at most pool_size ({self.pool_size}), not {self.min_size}"
+            )
+        _number("warn_hold", self.warn_hold, allow_zero=False, allow_none=True)
+        if not isinstance(self.capture_stack, bool):
+            raise TypeError(f"capture_stack must be True or False, not {self.capture_stack!r}")
         if self.reset_session not in RESET_SESSION:
             raise ValueError(
                 f"reset_session must be one of {', '.join(map(repr, RESET_SESSION))}, "

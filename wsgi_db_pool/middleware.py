@@ -66,6 +66,12 @@ class PoolingMiddleware:
         reset_session: when to reset a connection's session (user variables, session
             variables, temporary tables, named locks) on checkin: "auto" when the
             request's statements may have left such state, "always", or "never".
+        min_size: connections per alias opened in the background when the process
+            serves its first request, one at a time, and kept open despite ``max_idle``.
+        warn_hold: seconds after which a connection still (or was) held by one
+            request logs ``db_pool.long_hold`` with where it was checked out (None: off).
+        capture_stack: with ``warn_hold``, record the stack at each checkout for
+            that event (costs a stack walk per checkout).
         logger: a structlog logger for the ``db_pool.*`` events.
     """
 
@@ -83,6 +89,9 @@ class PoolingMiddleware:
         retry_after: int = 5,
         max_waiting: int | None = None,
         reset_session: str = "auto",
+        min_size: int = 0,
+        warn_hold: float | None = None,
+        capture_stack: bool = False,
         logger: Any = None,
     ) -> None:
         if not callable(app):
@@ -98,6 +107,9 @@ class PoolingMiddleware:
             retry_after=retry_after,
             max_waiting=max_waiting,
             reset_session=reset_session,
+            min_size=min_size,
+            warn_hold=warn_hold,
+            capture_stack=capture_stack,
         )
         _events.check_logger(logger)
         self.aliases = _django.resolve_aliases(aliases)
@@ -109,6 +121,7 @@ class PoolingMiddleware:
         }
         self._log = log
         self._retry_after = retry_after
+        self._capture_stack = capture_stack
         self._ready = False
         self._stop: threading.Event | None = None
         _django.install()
@@ -117,7 +130,7 @@ class PoolingMiddleware:
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         if not self._ready:
             self._prepare()
-        lease = _django.Lease(self._pools, environ.get("PATH_INFO"))
+        lease = _django.Lease(self._pools, environ.get("PATH_INFO"), self._capture_stack)
         token = _django.current_lease.set(lease)
         response = Response(start_response, lease, token, self._retry_after)
         try:
@@ -174,6 +187,7 @@ class PoolingMiddleware:
     def _reap(self) -> None:
         for pool in self._pools.values():
             pool.reap()
+            pool.fill()
 
     # -- public --------------------------------------------------------------------
 
@@ -210,9 +224,12 @@ class PoolingMiddleware:
 def _reap_loop(
     ref: Callable[[], PoolingMiddleware | None], stop: threading.Event, every: float
 ) -> None:
-    while not stop.wait(every):
+    # The first pass warms the pools up to min_size; later ones reap and refill.
+    while True:
         middleware = ref()
         if middleware is None:
             return
         middleware._reap()
         del middleware
+        if stop.wait(every):
+            return

@@ -8,9 +8,11 @@ under gevent and under real threads alike.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections import Counter, deque
+from random import random
 from typing import Any, Protocol
 
 from . import _sync
@@ -57,15 +59,26 @@ class _Log(Protocol):
 class PooledConnection:
     """A connection with the times the pool keeps for it."""
 
-    __slots__ = ("checked_out_at", "conn", "created_at", "idle_since", "where")
+    __slots__ = (
+        "checked_out_at",
+        "conn",
+        "created_at",
+        "expires_at",
+        "idle_since",
+        "warned",
+        "where",
+    )
 
-    def __init__(self, conn: Any, now: float) -> None:
+    def __init__(self, conn: Any, now: float, max_age: float | None) -> None:
         self.conn = conn
         self.created_at = now
+        # Up to 10% early, so that connections opened together do not expire together.
+        self.expires_at = math.inf if max_age is None else now + max_age * (1 - 0.1 * random())
         self.idle_since = now
         self.checked_out_at = now
-        # What the holder was doing, for the leak event (set by the caller).
+        # What the holder was doing, for leak and long-hold events (set by the caller).
         self.where: str | None = None
+        self.warned = False
 
 
 class _Waiter:
@@ -91,6 +104,8 @@ class Pool:
         self._max_idle = config.max_idle
         self._ping_after = config.ping_after
         self._max_waiting = config.max_waiting
+        self._min_size = config.min_size
+        self._warn_hold = config.warn_hold
         self._reset_state()
 
     def set_log(self, log: _Log) -> None:
@@ -117,6 +132,8 @@ class Pool:
         self._discards: Counter[str] = Counter()
         self._last_connect_error: str | None = None
         self._rejects: Counter[str] = Counter()
+        # Entries checked out, watched for long holds only when warn_hold is set.
+        self._held: set[PooledConnection] | None = set() if self._warn_hold is not None else None
         # After a failed connect: no new connect before _backoff_until, then one
         # at a time (_probing) until one succeeds.
         self._backoff = 0.0
@@ -175,6 +192,9 @@ class Pool:
                 raise
             if reason is None:
                 entry.checked_out_at = now = time.monotonic()
+                entry.warned = False
+                if self._held is not None:
+                    self._held.add(entry)
                 if self._debug:
                     self._emit_debug("db_pool.checkout", reused=True, waited=now - start)
                 return entry
@@ -222,10 +242,10 @@ class Pool:
 
     def _stale(self, entry: PooledConnection, deadline: float) -> str | None:
         now = time.monotonic()
-        if self._max_age is not None and now - entry.created_at >= self._max_age:
+        if now >= entry.expires_at:
             return "max_age"
-        if self._max_idle is not None and now - entry.idle_since >= self._max_idle:
-            return "max_idle"
+        # No max_idle here: a request that needs a connection should get the idle
+        # one; shrinking a quiet pool is the reaper's job.
         ping = self._ping_after is not None and now - entry.idle_since >= self._ping_after
         if not ping:
             return self.connector.check(entry.conn, False)
@@ -290,7 +310,7 @@ class Pool:
                 )
             raise
         now = time.monotonic()
-        entry = PooledConnection(conn, now)
+        entry = PooledConnection(conn, now, self._max_age)
         with self._lock:
             self._connects += 1
             if not counted:
@@ -298,6 +318,8 @@ class Pool:
             self._probing = False
             self._backoff = 0.0
         self._log.info("db_pool.connect", **self._counts(), seconds=round(now - start, 6))
+        if self._held is not None:
+            self._held.add(entry)
         if self._debug:
             self._emit_debug("db_pool.checkout", reused=False, waited=now - start)
         return entry
@@ -316,11 +338,20 @@ class Pool:
 
     # -- checkin ----------------------------------------------------------------
 
-    def checkin(self, entry: PooledConnection, reason: str | None = None) -> None:
-        """Give ``entry`` back: recycled for reuse, or discarded (closed) with ``reason``."""
+    def checkin(
+        self, entry: PooledConnection, reason: str | None = None, *, fresh: bool = False
+    ) -> None:
+        """Give ``entry`` back: recycled for reuse, or discarded (closed) with ``reason``.
+
+        ``fresh``: a connection just opened for the pool (warm-up), not a recycle.
+        """
         now = time.monotonic()
         held = now - entry.checked_out_at
-        if reason is None and self._max_age is not None and now - entry.created_at >= self._max_age:
+        if self._held is not None:
+            self._held.discard(entry)
+            if not fresh and not entry.warned and held >= self._warn_hold:  # type: ignore[operator]
+                self._warn_long_hold(entry, held, still_held=False)
+        if reason is None and now >= entry.expires_at:
             reason = "max_age"
         handed = False
         if reason is None:
@@ -335,20 +366,23 @@ class Pool:
                     waiter = self._waiters.popleft()
                     entry.checked_out_at = now
                     entry.idle_since = now
+                    entry.warned = False
+                    if self._held is not None:
+                        self._held.add(entry)
                     waiter.item = entry
                     waiter.lock.release()
-                    self._recycles += 1
+                    self._recycles += not fresh
                     self._checkouts += 1
                     handed = True
                 elif len(self._idle) < self._pool_size:
                     entry.idle_since = now
                     self._idle.append(entry)
                     self._in_use -= 1
-                    self._recycles += 1
+                    self._recycles += not fresh
                 else:
                     reason = "overflow"
             if reason is None:
-                if self._debug:
+                if self._debug and not fresh:
                     self._emit_debug("db_pool.recycle", held=held, handed=handed)
                 return
         self._discard(entry, reason, held=held)
@@ -423,17 +457,28 @@ class Pool:
     # -- upkeep -----------------------------------------------------------------
 
     def reap(self) -> None:
-        """Close idle connections past ``max_idle`` or ``max_age``; the reaper calls it."""
+        """Close idle connections past ``max_idle`` or ``max_age``, warn of long holds.
+
+        ``max_idle`` never takes the pool below ``min_size``; the reaper calls this.
+        """
         self.drain_leaked()
         now = time.monotonic()
         expired: list[tuple[PooledConnection, str]] = []
         with self._lock:
             keep = []
+            # Oldest idle first, so the ones that shrink the pool are the coldest.
+            spare = self._open - self._min_size
             for entry in self._idle:
-                if self._max_age is not None and now - entry.created_at >= self._max_age:
+                if now >= entry.expires_at:
                     expired.append((entry, "max_age"))
-                elif self._max_idle is not None and now - entry.idle_since >= self._max_idle:
+                    spare -= 1
+                elif (
+                    self._max_idle is not None
+                    and spare > 0
+                    and now - entry.idle_since >= self._max_idle
+                ):
                     expired.append((entry, "max_idle"))
+                    spare -= 1
                 else:
                     keep.append(entry)
             if expired:
@@ -442,6 +487,45 @@ class Pool:
                 self._in_use += len(expired)
         for entry, reason in expired:
             self._discard(entry, reason)
+        if self._held is not None:
+            for entry in list(self._held):
+                held = now - entry.checked_out_at
+                if not entry.warned and held >= self._warn_hold:  # type: ignore[operator]
+                    self._warn_long_hold(entry, held, still_held=True)
+
+    def _warn_long_hold(self, entry: PooledConnection, held: float, still_held: bool) -> None:
+        entry.warned = True
+        self._log.warning(
+            "db_pool.long_hold",
+            **self._counts(),
+            held=round(held, 6),
+            still_held=still_held,
+            where=entry.where,
+        )
+
+    def fill(self) -> None:
+        """Open connections one at a time until ``min_size`` are open (warm-up, refill).
+
+        Stops at the first failure: the backoff then governs when to try again.
+        """
+        while True:
+            with self._lock:
+                if (
+                    self._closed
+                    or self._open >= self._min_size
+                    or time.monotonic() < self._backoff_until
+                ):
+                    return
+                self._open += 1
+                self._in_use += 1
+            start = time.monotonic()
+            try:
+                entry = self._connect(start, start + self._config.timeout, counted=False)
+            except Exception:
+                return  # the slot is freed, the error logged and backed off by _connect
+            with self._lock:
+                self._checkouts -= 1  # a warm-up is not a checkout
+            self.checkin(entry, fresh=True)
 
     def close(self) -> None:
         """Close every idle connection and refuse later checkouts; twice is harmless.
