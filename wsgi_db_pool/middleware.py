@@ -7,6 +7,7 @@ connections per task, not per greenlet.
 
 from __future__ import annotations
 
+import atexit
 import os
 import sys
 import threading
@@ -38,7 +39,15 @@ def _after_fork_in_child() -> None:
         middleware._after_fork()
 
 
+def _close_all_at_exit() -> None:
+    # Idle connections get a COM_QUIT instead of a dropped socket, which the server
+    # would count as an aborted client.
+    for middleware in list(_live):
+        middleware.close()
+
+
 os.register_at_fork(after_in_child=_after_fork_in_child)
+atexit.register(_close_all_at_exit)
 
 
 class PoolingMiddleware:
