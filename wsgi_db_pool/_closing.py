@@ -7,7 +7,6 @@ object per request does both jobs, because it runs on every request.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterable, Iterator
 from typing import Any, Protocol
 
@@ -84,6 +83,9 @@ class Response:
         # connections back, so reclaim them without I/O or locks.
         holder, self._holder = self._holder, None
         if holder is not None:
-            # At interpreter exit modules may be half torn down: nothing to save then.
-            with contextlib.suppress(Exception):
+            # At interpreter exit modules may be half torn down (no contextlib then
+            # either): nothing is left to save.
+            try:
                 holder.reclaim()
+            except Exception:  # noqa: S110
+                pass
