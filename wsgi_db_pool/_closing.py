@@ -85,7 +85,7 @@ class Response:
         if holder is not None:
             # At interpreter exit modules may be half torn down (no contextlib then
             # either): nothing is left to save.
-            try:
+            try:  # noqa: SIM105
                 holder.reclaim()
-            except Exception:  # noqa: S110
+            except Exception:
                 pass
