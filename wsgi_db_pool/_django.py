@@ -322,6 +322,7 @@ class Lease:
 
     __slots__ = (
         "active",
+        "aside",
         "capture_stack",
         "held",
         "keepalive",
@@ -344,6 +345,26 @@ class Lease:
         self.unavailable: BaseException | None = None
         # Whatever must live as long as the lease (a weakref watching its owner).
         self.keepalive: Any = None
+        # Wrappers this thread had bound for pooled aliases before the lease began.
+        self.aside: dict[str, Any] | None = None
+
+    def set_aside(self) -> None:
+        """Unbind wrappers already bound here for pooled aliases, until ``finish()``.
+
+        A thread that served no request before may hold one (``django.setup()``
+        binds an unconnected wrapper while it loads models; so does code run at
+        import by gunicorn ``--preload``), and Django would use it instead of
+        asking for a pooled one.
+        """
+        bound = _bound()
+        if not bound:
+            return
+        for alias in self.pools:
+            wrapper = bound.pop(alias, None)
+            if wrapper is not None:
+                if self.aside is None:
+                    self.aside = {}
+                self.aside[alias] = wrapper
 
     def wants_any(self) -> bool:
         """Whether this lease serves the current greenlet or thread."""
@@ -406,6 +427,9 @@ class Lease:
         try:
             self.release()
         finally:
+            if self.aside is not None and self.owner == _sync.get_ident():
+                _bound().update(self.aside)
+                self.aside = None
             # contextlib.suppress would cost an object on every request.
             try:  # noqa: SIM105
                 current_lease.reset(token)
@@ -420,10 +444,14 @@ class Lease:
             self.pools[alias].reclaim(entry)
 
 
+def _bound() -> dict[str, Any]:
+    # The current thread's (greenlet's) wrappers: asgiref's thread-critical Local
+    # keeps them in a threading.local, whose __dict__ is this thread's own.
+    bound: dict[str, Any] = _handler._connections._storage.__dict__
+    return bound
+
+
 def _unbind(alias: str, wrapper: BaseDatabaseWrapper) -> None:
-    try:
-        bound = getattr(_handler._connections, alias)
-    except AttributeError:
-        return
-    if bound is wrapper:
-        delattr(_handler._connections, alias)
+    bound = _bound()
+    if bound.get(alias) is wrapper:
+        del bound[alias]

@@ -53,6 +53,7 @@ class PooledScope:
         middleware = self._middleware or _the_middleware()
         where = self._where or _caller()
         lease = _django.Lease(middleware.pools, where)
+        lease.set_aside()
         self._lease = lease
         self._token = _django.current_lease.set(lease)
         _reclaim_when_owner_dies(lease)

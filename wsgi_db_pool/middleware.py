@@ -140,6 +140,7 @@ class PoolingMiddleware:
         if not self._ready:
             self._prepare()
         lease = _django.Lease(self._pools, environ.get("PATH_INFO"), self._capture_stack)
+        lease.set_aside()
         token = _django.current_lease.set(lease)
         response = Response(start_response, lease, token, self._retry_after)
         try:

@@ -1,0 +1,1 @@
+"""A tiny Django app whose views exercise the pool from inside requests."""

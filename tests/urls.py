@@ -1,0 +1,27 @@
+from django.urls import path
+
+from tests.app import views
+
+urlpatterns = [
+    path("read/", views.read),
+    path("orm-read/", views.orm_read),
+    path("orm-write/", views.orm_write),
+    path("atomic-write/", views.atomic_write),
+    path("write-in-request/", views.write_in_request),
+    path("write-non-atomic/", views.write_non_atomic),
+    path("leave-open/", views.leave_open),
+    path("leave-atomic-state/", views.leave_atomic_state),
+    path("commit-hook/", views.commit_hook),
+    path("leak-execute-wrapper/", views.leak_execute_wrapper),
+    path("queries/", views.queries),
+    path("state/", views.state),
+    path("leave-session-state/", views.leave_session_state),
+    path("session/", views.session),
+    path("no-db/", views.no_db),
+    path("stream/", views.stream),
+    path("hold/", views.hold),
+    path("both/", views.both),
+    path("close/", views.close_connection),
+    path("sleep-query/", views.sleep_query),
+    path("raise/", views.query_then_raise),
+]
