@@ -30,10 +30,12 @@ with warnings.catch_warnings():
     import webtest
 
 ROOT = {"host": "127.0.0.1", "port": 3306, "user": "root", "password": ""}
-DB_NAME = "wsgi_db_pool_test"
+from tests import settings  # noqa: E402
+
+DB_NAME = settings.DB_NAME
 # One server user per alias: PROCESSLIST filtered by user counts one alias's pool.
-USER = "wsgi_db_pool"
-OTHER_USER = "wsgi_db_pool_other"
+USER = settings.USER
+OTHER_USER = settings.OTHER_USER
 USERS = (USER, OTHER_USER)
 
 

@@ -11,9 +11,9 @@ import os
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
 
-from django.core.wsgi import get_wsgi_application  # noqa: E402
+from django.core.wsgi import get_wsgi_application
 
-from wsgi_db_pool import PoolingMiddleware  # noqa: E402
+from wsgi_db_pool import PoolingMiddleware
 
 pooled = PoolingMiddleware(
     get_wsgi_application(),

@@ -4,11 +4,18 @@ Every MariaDB alias logs in as its own user so that the server's PROCESSLIST, fi
 user, counts exactly the connections that alias's pool holds.
 """
 
+import os
+
 import pymysql
 
 pymysql.install_as_MySQLdb()
 
-DB_NAME = "wsgi_db_pool_test"
+# Runs that share one server at once (developers, CI) each set their own namespace:
+# database NS_test, users NS and NS_other.
+NAMESPACE = os.environ.get("WSGI_DB_POOL_TEST_NS", "wsgi_db_pool")
+USER = NAMESPACE
+OTHER_USER = f"{NAMESPACE}_other"
+DB_NAME = f"{NAMESPACE}_test"
 DB_HOST = "127.0.0.1"
 DB_PORT = 3306
 # A local port nothing listens on: connecting there is refused at once (error 2003).
@@ -32,10 +39,10 @@ def _mysql(user: str, port: int = DB_PORT) -> dict[str, object]:
 
 
 DATABASES = {
-    "default": _mysql("wsgi_db_pool"),
-    "other": _mysql("wsgi_db_pool_other"),
+    "default": _mysql(USER),
+    "other": _mysql(OTHER_USER),
     # Same credentials as default, but nothing answers: requests using it must get a 503.
-    "unreachable": _mysql("wsgi_db_pool", port=UNREACHABLE_PORT),
+    "unreachable": _mysql(USER, port=UNREACHABLE_PORT),
     # A backend the pool cannot serve.
     "lite": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"},
 }

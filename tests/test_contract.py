@@ -26,7 +26,7 @@ from django.db.utils import ConnectionHandler, load_backend
 # Imported from the module itself, see the note in conftest about pymysql.err.
 from pymysql.constants import SERVER_STATUS
 
-from tests.conftest import USER, Server
+from tests.conftest import DB_NAME, USER, Server
 
 pytestmark = pytest.mark.contract
 
@@ -352,7 +352,7 @@ def test_backend_vendors() -> None:
 
 def _connect() -> pymysql.connections.Connection:
     return pymysql.connect(
-        host="127.0.0.1", user=USER, password=USER, database="wsgi_db_pool_test", ssl_disabled=True
+        host="127.0.0.1", user=USER, password=USER, database=DB_NAME, ssl_disabled=True
     )
 
 
@@ -440,6 +440,6 @@ def test_reset_connection_command(server: Server) -> None:
         assert _one(conn, "SELECT @@autocommit") == 1
         # PyMySQL does not know: its own idea of autocommit is unchanged.
         assert conn.autocommit_mode is False
-        assert _one(conn, "SELECT DATABASE()") == "wsgi_db_pool_test"
+        assert _one(conn, "SELECT DATABASE()") == DB_NAME
     finally:
         conn.close()

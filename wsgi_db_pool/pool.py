@@ -153,9 +153,9 @@ class Pool:
         waiter = None
         entry = None
         shed = None
+        if self._leaked:
+            self.drain_leaked()
         with self._lock:
-            if self._leaked:
-                self._drain_leaked_locked()
             if self._closed:
                 raise PoolClosed(f"the pool of alias {self.name!r} is closed")
             if self._idle:
@@ -354,10 +354,10 @@ class Pool:
         if reason is None and now >= entry.expires_at:
             reason = "max_age"
         handed = False
+        if self._leaked:
+            self.drain_leaked()
         if reason is None:
             with self._lock:
-                if self._leaked:
-                    self._drain_leaked_locked()
                 if self._closed:
                     reason = "shutdown"
                 elif self._waiters:
