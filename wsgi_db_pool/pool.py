@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from bisect import bisect_left
 from collections import Counter, deque
 from random import random
 from typing import Any, Protocol
@@ -24,6 +25,9 @@ __all__ = ["Connector", "Pool", "PooledConnection"]
 # Backoff after a failed connect: first step and ceiling, in seconds.
 BACKOFF_FIRST = 0.1
 BACKOFF_MAX = 2.0
+
+# Upper bounds, in seconds, of the checkout wait histogram in stats().
+WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 # A waiter handed _SLOT may open a connection of its own under the cap;
 # one handed _CLOSED raises PoolClosed.
@@ -82,10 +86,11 @@ class PooledConnection:
 
 
 class _Waiter:
-    __slots__ = ("item", "lock")
+    __slots__ = ("item", "lock", "since")
 
-    def __init__(self) -> None:
+    def __init__(self, since: float) -> None:
         self.item: Any = None
+        self.since = since
         self.lock = _sync.allocate_lock()
         self.lock.acquire()
 
@@ -132,6 +137,10 @@ class Pool:
         self._discards: Counter[str] = Counter()
         self._last_connect_error: str | None = None
         self._rejects: Counter[str] = Counter()
+        # Queue time of checkouts that got a connection or a slot: one count per
+        # bucket of WAIT_BUCKETS, the last for longer ones.
+        self._wait_buckets = [0] * (len(WAIT_BUCKETS) + 1)
+        self._wait_sum = 0.0
         # Entries checked out, watched for long holds only when warn_hold is set.
         self._held: set[PooledConnection] | None = set() if self._warn_hold is not None else None
         # After a failed connect: no new connect before _backoff_until, then one
@@ -162,10 +171,12 @@ class Pool:
                 entry = self._idle.pop()
                 self._in_use += 1
                 self._checkouts += 1
+                self._wait_buckets[0] += 1
             elif self._open < self._cap:
                 # Reserve the slot before connect() can yield to another greenlet.
                 self._open += 1
                 self._in_use += 1
+                self._wait_buckets[0] += 1
             elif self._max_waiting is not None and len(self._waiters) >= self._max_waiting:
                 self._rejects["max_waiting"] += 1
                 shed = PoolOverloaded(
@@ -173,7 +184,7 @@ class Pool:
                     f"{len(self._waiters)} already waiting (max_waiting={self._max_waiting})"
                 )
             else:
-                waiter = _Waiter()
+                waiter = _Waiter(start)
                 self._waiters.append(waiter)
         if shed is not None:
             self._log.warning("db_pool.reject", **self._counts(), reason="max_waiting")
@@ -363,14 +374,12 @@ class Pool:
                 elif self._waiters:
                     # Straight to the longest waiter: a greenlet that comes later must
                     # not find it idle first.
-                    waiter = self._waiters.popleft()
                     entry.checked_out_at = now
                     entry.idle_since = now
                     entry.warned = False
                     if self._held is not None:
                         self._held.add(entry)
-                    waiter.item = entry
-                    waiter.lock.release()
+                    self._hand_locked(entry, now)
                     self._recycles += not fresh
                     self._checkouts += 1
                     handed = True
@@ -399,12 +408,19 @@ class Pool:
     def _release_slot(self) -> None:
         with self._lock:
             if self._waiters and not self._closed:
-                waiter = self._waiters.popleft()
-                waiter.item = _SLOT
-                waiter.lock.release()
+                self._hand_locked(_SLOT, time.monotonic())
             else:
                 self._open -= 1
                 self._in_use -= 1
+
+    def _hand_locked(self, item: Any, now: float) -> None:
+        # The longest waiter gets it; under the lock, so nobody can barge in.
+        waiter = self._waiters.popleft()
+        waited = now - waiter.since
+        self._wait_sum += waited
+        self._wait_buckets[bisect_left(WAIT_BUCKETS, waited)] += 1
+        waiter.item = item
+        waiter.lock.release()
 
     def _count_discard(self, reason: str, **fields: Any) -> None:
         with self._lock:
@@ -446,9 +462,7 @@ class Pool:
             drained.append(entry)
             self._discards["leak"] += 1
             if self._waiters and not self._closed:
-                waiter = self._waiters.popleft()
-                waiter.item = _SLOT
-                waiter.lock.release()
+                self._hand_locked(_SLOT, time.monotonic())
             else:
                 self._open -= 1
                 self._in_use -= 1
@@ -573,6 +587,10 @@ class Pool:
                 fields[key] = round(fields[key], 6)
         self._log.debug(event, **self._counts(), **fields)
 
+    def _wait_histogram(self) -> dict[str, Any]:
+        buckets = _cumulative(self._wait_buckets)
+        return {"buckets": buckets, "sum": round(self._wait_sum, 6), "count": buckets[-1][1]}
+
     def stats(self) -> dict[str, Any]:
         """The pool's state and running totals, as a plain dict with stable keys."""
         with self._lock:
@@ -589,8 +607,18 @@ class Pool:
                 "discards": dict(self._discards),
                 "timeouts": self._timeouts,
                 "rejects": dict(self._rejects),
+                "wait_seconds": self._wait_histogram(),
                 "leaked_pending": len(self._leaked),
             }
+
+
+def _cumulative(counts: list[int]) -> list[tuple[float, int]]:
+    total = 0
+    result = []
+    for bound, count in zip((*WAIT_BUCKETS, math.inf), counts, strict=True):
+        total += count
+        result.append((bound, total))
+    return result
 
 
 def _debug_enabled(log: Any) -> bool:
