@@ -6,7 +6,7 @@ VENV ?= .venv
 VENV42 ?= .venv-django42
 BIN := $(VENV)/bin
 
-.PHONY: test test-main test-django42 demo lint clean
+.PHONY: test test-main test-django42 demo lint nox clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,9 +31,13 @@ test-django42: $(VENV42)/bin/.installed
 	$(VENV42)/bin/python -m gevent.monkey --module pytest -m "contract or smoke" $(PYTEST_ARGS)
 
 lint: $(BIN)/.installed
-	$(BIN)/ruff check wsgi_db_pool tests example_wsgi.py scripts bench
-	$(BIN)/ruff format --check wsgi_db_pool tests example_wsgi.py scripts bench
+	$(BIN)/ruff check wsgi_db_pool tests example_wsgi.py scripts gunicorn.conf.py noxfile.py
+	$(BIN)/ruff format --check wsgi_db_pool tests example_wsgi.py scripts gunicorn.conf.py noxfile.py
 	$(BIN)/mypy
+
+# The Django matrix: 5.2 in full, contract and smoke tests on 4.2 and 6.x.
+nox: $(BIN)/.installed
+	$(BIN)/nox $(NOX_ARGS)
 
 demo: $(BIN)/.installed
 	$(BIN)/python scripts/demo.py

@@ -24,4 +24,18 @@ urlpatterns = [
     path("close/", views.close_connection),
     path("sleep-query/", views.sleep_query),
     path("raise/", views.query_then_raise),
+    # tests/faults
+    path("fault-write/", views.fault_write),
+    path("interrupt-in-atomic/", views.interrupt_in_atomic),
+    path("slow-stream/", views.slow_stream),
+    path("leave-state/", views.leave_state),
+    path("probe-state/", views.probe_state),
 ]
+
+# tests/test_pooled.py, tests/test_ops_servers.py
+urlpatterns += [
+    path("spawn/", views.spawn),
+    path("metrics/", views.metrics),
+]
+urlpatterns += [path("vendor/", views.vendor)]  # tests/test_backends.py
+urlpatterns += [path("block/", views.block)]  # tests/test_ops_servers.py

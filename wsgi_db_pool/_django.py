@@ -20,7 +20,7 @@ from django.db import connections
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.utils import ConnectionHandler, load_backend
 
-from . import _mysql, _sync
+from . import _mysql, _postgresql, _sqlite, _sync
 from .errors import PoolError
 from .pool import Pool, PooledConnection
 
@@ -34,7 +34,12 @@ __all__ = [
     "resolve_aliases",
 ]
 
-POOLABLE_VENDORS = frozenset({"mysql"})
+# Each vendor's specifics (errors, free checks, session reset), one module each.
+_DIALECTS: dict[str, Any] = {"mysql": _mysql, "postgresql": _postgresql, "sqlite": _sqlite}
+POOLABLE_VENDORS = frozenset(_DIALECTS)
+# aliases=None pools the databases behind a server; SQLite only when named.
+DEFAULT_VENDORS = frozenset({"mysql", "postgresql"})
+_SUPPORTED = "MySQL/MariaDB, PostgreSQL, SQLite"
 _STACK_LIMIT = 30
 
 # The request (or other unit of work) that owns the current greenlet's checkouts.
@@ -55,7 +60,7 @@ def _vendor(alias: str) -> str:
 
 def poolable_aliases() -> list[str]:
     """The configured aliases whose backend the pool can serve."""
-    return [alias for alias in connections.settings if _vendor(alias) in POOLABLE_VENDORS]
+    return [alias for alias in connections.settings if _vendor(alias) in DEFAULT_VENDORS]
 
 
 def resolve_aliases(aliases: Iterable[str] | None) -> tuple[str, ...]:
@@ -66,7 +71,7 @@ def resolve_aliases(aliases: Iterable[str] | None) -> tuple[str, ...]:
         if not found:
             raise ValueError(
                 f"aliases: none of the configured aliases {known!r} uses a backend "
-                f"wsgi_db_pool can pool (supported: MySQL/MariaDB)"
+                f"wsgi_db_pool pools by default (MySQL/MariaDB, PostgreSQL; SQLite when named)"
             )
         return tuple(found)
     if isinstance(aliases, (str, bytes)):
@@ -90,11 +95,28 @@ def resolve_aliases(aliases: Iterable[str] | None) -> tuple[str, ...]:
         if vendor not in POOLABLE_VENDORS:
             raise ValueError(
                 f"aliases: alias {name!r} uses {vendor!r}, which wsgi_db_pool cannot pool "
-                f"(supported: MySQL/MariaDB)"
+                f"(supported: {_SUPPORTED})"
+            )
+        if vendor == "sqlite" and _in_memory(name):
+            raise ValueError(
+                f"aliases: alias {name!r} is an in-memory SQLite database: every connection "
+                f"is a database of its own, so pooled requests would see different data; "
+                f"give it a file NAME, or leave it out of aliases"
             )
         if name not in result:
             result.append(name)
     return tuple(result)
+
+
+def _in_memory(alias: str) -> bool:
+    from django.db.backends.sqlite3.creation import DatabaseCreation
+
+    return bool(DatabaseCreation.is_in_memory_db(connections.settings[alias]["NAME"]))
+
+
+def dialect(alias: str) -> Any:
+    """The module with the alias's vendor specifics (``_mysql``, ``_postgresql``, ``_sqlite``)."""
+    return _DIALECTS[_vendor(alias)]
 
 
 # -- the seam ---------------------------------------------------------------------
@@ -151,10 +173,11 @@ class _Guard:
     driver's version does, and every later command on it fails instead.
     """
 
-    __slots__ = ("dirty", "fault", "wrapper")
+    __slots__ = ("dialect", "dirty", "fault", "wrapper")
 
-    def __init__(self, wrapper: Any) -> None:
+    def __init__(self, wrapper: Any, dialect: Any) -> None:
         self.wrapper = wrapper
+        self.dialect = dialect
         self.fault: str | None = None
         # The statements since the last reset may have left session state behind.
         self.dirty = False
@@ -162,12 +185,12 @@ class _Guard:
     def __call__(
         self, execute: Callable[..., Any], sql: Any, params: Any, many: bool, context: Any
     ) -> Any:
-        if not self.dirty and _mysql.leaves_session_state(sql):
+        if not self.dirty and self.dialect.leaves_session_state(sql):
             self.dirty = True
         try:
             return execute(sql, params, many, context)
         except Exception as exc:
-            if _mysql.is_gone(exc):
+            if self.dialect.is_gone(exc):
                 self.fault = "broken"
             raise
         except BaseException:
@@ -178,14 +201,14 @@ class _Guard:
         self.fault = "interrupted"
         raw = self.wrapper.connection
         if raw is not None:
-            _mysql.abort(raw)
+            self.dialect.abort(raw)
 
     def around(self, method: Callable[..., Any]) -> Callable[..., Any]:
         def guarded(*args: Any) -> Any:
             try:
                 return method(*args)
             except Exception as exc:
-                if _mysql.is_gone(exc):
+                if self.dialect.is_gone(exc):
                     self.fault = "broken"
                 raise
             except BaseException:
@@ -205,6 +228,7 @@ class AliasConnector:
     def __init__(self, alias: str, reset_session: str = "auto") -> None:
         self.alias = alias
         self.reset_session = reset_session
+        self.dialect = dialect(alias)
 
     def connect(self) -> Any:
         wrapper: Any = _django_create_connection(connections, self.alias)
@@ -212,7 +236,7 @@ class AliasConnector:
             wrapper.ensure_connection()
         except BaseException:
             if wrapper.connection is not None:
-                _mysql.abort(wrapper.connection)
+                self.dialect.abort(wrapper.connection)
                 wrapper.connection = None
             raise
         # Django's CONN_MAX_AGE and CONN_HEALTH_CHECKS must not close or ping
@@ -221,7 +245,7 @@ class AliasConnector:
         wrapper.close_at = None
         wrapper.health_check_enabled = False
         wrapper.close_if_unusable_or_obsolete = _leave_to_pool
-        guard = _Guard(wrapper)
+        guard = _Guard(wrapper, self.dialect)
         for name in ("_commit", "_rollback", "_set_autocommit"):
             setattr(wrapper, name, guard.around(getattr(wrapper, name)))
         wrapper._wsgi_db_pool_guard = guard
@@ -233,9 +257,9 @@ class AliasConnector:
         raw = wrapper.connection
         if raw is None:
             return "closed"
-        if not _mysql.is_quiet(raw):
+        if not self.dialect.is_quiet(raw):
             return "broken"
-        if ping and not _mysql.ping(raw):
+        if ping and not self.dialect.ping(raw):
             return "broken"
         return None
 
@@ -247,15 +271,16 @@ class AliasConnector:
         guard: _Guard = wrapper._wsgi_db_pool_guard
         if guard.fault is not None:
             return guard.fault
-        if not _mysql.is_open(raw):
+        if not self.dialect.is_open(raw):
             return "broken"
         autocommit = wrapper.settings_dict["AUTOCOMMIT"]
         mode = self.reset_session
         if mode == "always" or (mode == "auto" and guard.dirty):
             try:
                 # The server rolls back first, then drops the session's state.
-                _mysql.reset_session(raw)
-                raw.autocommit(autocommit)
+                self.dialect.reset_session(raw)
+                # The backend's own way (a method on MySQLdb, an attribute on psycopg).
+                wrapper._set_autocommit(autocommit)
                 wrapper.init_connection_state()
             except Exception:
                 return "reset_failed"
@@ -266,13 +291,13 @@ class AliasConnector:
         elif (
             wrapper.in_atomic_block
             or wrapper.autocommit != autocommit
-            or _mysql.needs_rollback(raw)
+            or self.dialect.needs_rollback(raw)
         ):
             try:
                 # Roll back before autocommit goes back on: on MySQL, switching
                 # autocommit on commits the open transaction.
                 raw.rollback()
-                raw.autocommit(autocommit)
+                wrapper._set_autocommit(autocommit)
             except Exception:
                 return "reset_failed"
             except BaseException:
@@ -306,12 +331,12 @@ class AliasConnector:
     def close(self, wrapper: BaseDatabaseWrapper) -> None:
         raw, wrapper.connection = wrapper.connection, None
         if raw is not None:
-            _mysql.close(raw)
+            self.dialect.close(raw)
 
     def abort(self, wrapper: BaseDatabaseWrapper) -> None:
         raw = wrapper.connection
         if raw is not None:
-            _mysql.abort(raw)
+            self.dialect.abort(raw)
 
 
 # -- a unit of work's checkouts ------------------------------------------------------
@@ -380,7 +405,7 @@ class Lease:
             self.unavailable = exc
             raise
         except Exception as exc:
-            if _mysql.is_unavailable(exc):
+            if dialect(alias).is_unavailable(exc):
                 self.unavailable = exc
             raise
         wrapper: Any = entry.conn

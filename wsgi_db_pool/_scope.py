@@ -58,6 +58,10 @@ class PooledScope:
         self._token = _django.current_lease.set(lease)
         _reclaim_when_owner_dies(lease)
 
+    def __call__(self, func: F) -> F:
+        """``@pooled(middleware=app)``: decorate ``func`` as ``@pooled`` does."""
+        return pooled(func, middleware=self._middleware)
+
     def __exit__(
         self,
         exc_type: type[BaseException] | None,

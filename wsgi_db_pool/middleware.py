@@ -180,7 +180,9 @@ class PoolingMiddleware:
         self._ready = False
 
     def _start_reaper(self) -> None:
-        limits = [x for x in (self.config.max_idle, self.config.max_age) if x is not None]
+        # warn_hold too: a hold is then reported within half of warn_hold of passing it.
+        config = self.config
+        limits = [x for x in (config.max_idle, config.max_age, config.warn_hold) if x is not None]
         interval = min([30.0, *(x / 2 for x in limits)])
         interval = max(interval, 0.05)
         # threading as it is now: a greenlet once gevent has patched it.

@@ -268,8 +268,14 @@ class Pool:
                     return "broken"
                 raise
 
-    def _connect(self, start: float, deadline: float, counted: bool) -> PooledConnection:
-        """Open a connection in a slot the caller holds; ``counted``: its checkout is."""
+    def _connect(
+        self, start: float, deadline: float, counted: bool, *, warmup: bool = False
+    ) -> PooledConnection:
+        """Open a connection in a slot the caller holds; ``counted``: its checkout is.
+
+        ``warmup``: for the pool itself (min_size), not a checkout: neither counted,
+        nor watched for long holds, nor logged as ``db_pool.checkout``.
+        """
         now = time.monotonic()
         with self._lock:
             refused = now < self._backoff_until or self._probing
@@ -324,11 +330,13 @@ class Pool:
         entry = PooledConnection(conn, now, self._max_age)
         with self._lock:
             self._connects += 1
-            if not counted:
+            if not counted and not warmup:
                 self._checkouts += 1
             self._probing = False
             self._backoff = 0.0
         self._log.info("db_pool.connect", **self._counts(), seconds=round(now - start, 6))
+        if warmup:
+            return entry
         if self._held is not None:
             self._held.add(entry)
         if self._debug:
@@ -534,11 +542,11 @@ class Pool:
                 self._in_use += 1
             start = time.monotonic()
             try:
-                entry = self._connect(start, start + self._config.timeout, counted=False)
+                entry = self._connect(
+                    start, start + self._config.timeout, counted=False, warmup=True
+                )
             except Exception:
                 return  # the slot is freed, the error logged and backed off by _connect
-            with self._lock:
-                self._checkouts -= 1  # a warm-up is not a checkout
             self.checkin(entry, fresh=True)
 
     def close(self) -> None:

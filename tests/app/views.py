@@ -274,3 +274,244 @@ def query_then_raise(request: HttpRequest) -> HttpResponse:
     """Query, then fail with an ordinary exception."""
     _one("SELECT 1")
     raise RuntimeError("query_then_raise failed on purpose")
+
+
+# -- fault injection (tests/faults) ----------------------------------------------------------
+
+#: How far each fault_write got, by row name: "started", "committing", then "committed";
+#: "failed" when it ended before COMMIT was sent, "in_doubt" when COMMIT was sent and failed.
+WRITES: dict[str, str] = {}
+
+
+def fault_write(request: HttpRequest) -> HttpResponse:
+    """Insert one row named ``name`` in a transaction (then SLEEP if asked); record in WRITES."""
+    alias = _alias(request)
+    name = request.GET["name"]
+    sleep = float(request.GET.get("sleep", "0"))
+    WRITES[name] = "started"
+    try:
+        with transaction.atomic(using=alias):
+            with connections[alias].cursor() as cursor:
+                cursor.execute("INSERT INTO app_item (name) VALUES (%s)", [name])
+                if sleep:
+                    cursor.execute("SELECT SLEEP(%s)", [sleep])
+            WRITES[name] = "committing"
+    except BaseException:
+        WRITES[name] = "in_doubt" if WRITES[name] == "committing" else "failed"
+        raise
+    WRITES[name] = "committed"
+    return JsonResponse({"name": name})
+
+
+def interrupt_in_atomic(request: HttpRequest) -> HttpResponse:
+    """Insert a row, then run SELECT SLEEP(seconds) in the same transaction.
+
+    ``how``: "escape" lets whatever interrupts the query leave the view; "swallow" puts
+    the query under a silent ``gevent.Timeout(after, False)``; "catch" catches any
+    BaseException around the query. With the last two the block ends normally and
+    Django sends COMMIT.
+    """
+    alias = _alias(request)
+    how = request.GET["how"]
+    seconds = float(request.GET.get("seconds", "2"))
+    with transaction.atomic(using=alias):
+        Item.objects.using(alias).create(name=request.GET["name"])
+        with connections[alias].cursor() as cursor:
+            if how == "swallow":
+                with gevent.Timeout(float(request.GET.get("after", "0.2")), False):
+                    cursor.execute("SELECT SLEEP(%s)", [seconds])
+            elif how == "catch":
+                try:
+                    cursor.execute("SELECT SLEEP(%s)", [seconds])
+                except BaseException as exc:
+                    RECORDED.append(f"caught {type(exc).__name__}")
+            elif how == "escape":
+                cursor.execute("SELECT SLEEP(%s)", [seconds])
+            else:
+                raise ValueError(how)
+    return JsonResponse({"committed": True})
+
+
+def slow_stream(request: HttpRequest) -> HttpResponse:
+    """A streamed body, one query per chunk, ``delay`` seconds apart.
+
+    With ``write=NAME`` the whole body is one transaction that inserts NAME-i per chunk:
+    a ``transaction.atomic()`` block, or with ``tx=raw`` a START TRANSACTION Django does
+    not know about (so that nothing but the server ends it).
+    """
+    alias = _alias(request)
+    chunks = int(request.GET.get("chunks", "3"))
+    delay = float(request.GET.get("delay", "0.01"))
+    write = request.GET.get("write")
+    raw = request.GET.get("tx") == "raw"
+
+    def chunk(i: int) -> bytes:
+        if write:
+            if raw and i == 0:
+                with connections[alias].cursor() as cursor:
+                    cursor.execute("START TRANSACTION")
+            Item.objects.using(alias).create(name=f"{write}-{i}")
+        return f"{_one('SELECT CONNECTION_ID()', alias)}\n".encode()
+
+    def body() -> Iterator[bytes]:
+        for i in range(chunks):
+            yield chunk(i)
+            gevent.sleep(delay)
+
+    def atomic_body() -> Iterator[bytes]:
+        with transaction.atomic(using=alias):
+            yield from body()
+
+    atomic = write and not raw
+    return StreamingHttpResponse(atomic_body() if atomic else body(), content_type="text/plain")
+
+
+#: Session state a request can leave, by kind; probe_state shows each kind.
+STATE_KINDS = {
+    "sql_mode": ["SET SESSION sql_mode = 'ANSI_QUOTES'"],
+    "time_zone": ["SET SESSION time_zone = '+05:00'"],
+    "isolation_level": ["SET SESSION TRANSACTION ISOLATION LEVEL SERIALIZABLE"],
+    "user_variable": ["SET @leak = 42"],
+    "temporary_table": ["CREATE TEMPORARY TABLE t_leak (x INT)"],
+    "named_lock": ["SELECT GET_LOCK('wsgi_db_pool_leak', 0)"],
+    "autocommit_off": ["SET autocommit = 0"],
+    "open_transaction": ["START TRANSACTION", "INSERT INTO app_item (name) VALUES ('leaked')"],
+}
+
+
+#: The same session changes, written the way tools and dumps write them: behind a comment.
+COMMENTED_STATE_KINDS = {
+    "time_zone": ["/* tagged by a query commenter */ SET SESSION time_zone = '+05:00'"],
+    "sql_mode": ["/*!40101 SET SESSION sql_mode = 'ANSI_QUOTES' */"],
+}
+
+
+def leave_state(request: HttpRequest) -> HttpResponse:
+    """Run the statements of one STATE_KINDS (or, with commented=1, COMMENTED_STATE_KINDS) kind."""
+    kinds = COMMENTED_STATE_KINDS if request.GET.get("commented") else STATE_KINDS
+    with connections["default"].cursor() as cursor:
+        for sql in kinds[request.GET["kind"]]:
+            cursor.execute(sql)
+        cursor.execute("SELECT CONNECTION_ID()")
+        (conn_id,) = cursor.fetchone()
+    return JsonResponse({"conn_id": conn_id})
+
+
+def probe_state(request: HttpRequest) -> HttpResponse:
+    """Every kind of STATE_KINDS as the request finds it on its connection."""
+    with connections["default"].cursor() as cursor:
+        cursor.execute(
+            "SELECT CONNECTION_ID(), @@session.sql_mode, @@session.time_zone, "
+            "@@session.tx_isolation, @leak, IS_USED_LOCK('wsgi_db_pool_leak'), "
+            "@@autocommit, @@in_transaction, (SELECT COUNT(*) FROM app_item)"
+        )
+        row = cursor.fetchone()
+        try:
+            cursor.execute("SELECT COUNT(*) FROM t_leak")
+            temporary_table = True
+        except DatabaseError:
+            temporary_table = False
+    conn_id, sql_mode, time_zone, isolation, leak, lock_holder, autocommit, in_trx, rows = row
+    return JsonResponse(
+        {
+            "conn_id": conn_id,
+            "sql_mode": sql_mode,
+            "time_zone": time_zone,
+            "isolation_level": isolation,
+            "user_variable": leak,
+            "named_lock": lock_holder,
+            "temporary_table": temporary_table,
+            "autocommit_off": autocommit == 0,
+            "open_transaction": [in_trx, rows],
+        }
+    )
+
+
+# -- operations: pooled() in spawned greenlets, metrics (tests/test_pooled.py, test_ops_servers.py)
+
+
+def spawn(request: HttpRequest) -> HttpResponse:
+    """Spawn ``n`` greenlets that each query, hold ``seconds``, query again; wait for all.
+
+    With ``pooled=1`` each greenlet runs under ``@pooled`` and checks out from the pools;
+    without it each gets a connection of Django's own, as in stock Django.
+    """
+    from wsgi_db_pool import pooled
+
+    n = int(request.GET.get("n", "5"))
+    seconds = float(request.GET.get("seconds", "0.02"))
+
+    def work() -> int:
+        first = int(_one("SELECT CONNECTION_ID()"))
+        gevent.sleep(seconds)
+        if _one("SELECT CONNECTION_ID()") != first:
+            raise AssertionError("a greenlet's connection changed while it held it")
+        return first
+
+    task = pooled(work) if request.GET.get("pooled") else work
+    greenlets = [gevent.spawn(task) for _ in range(n)]
+    gevent.joinall(greenlets, raise_error=True)
+    return JsonResponse({"conn_ids": [greenlet.value for greenlet in greenlets]})
+
+
+def metrics(request: HttpRequest) -> HttpResponse:
+    """Prometheus exposition: the workers' files in multiprocess mode, else the default registry."""
+    import os
+
+    from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+
+    registry = REGISTRY
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+    return HttpResponse(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
+
+
+def _vendor_conn_id(alias: str) -> int:
+    """The server-side id of the alias's connection (for SQLite, of the sqlite3 object)."""
+    conn = connections[alias]
+    if conn.vendor == "postgresql":
+        return int(_one("SELECT pg_backend_pid()", alias))
+    if conn.vendor == "mysql":
+        return int(_one("SELECT CONNECTION_ID()", alias))
+    conn.ensure_connection()
+    return id(conn.connection)
+
+
+def vendor(request: HttpRequest) -> HttpResponse:
+    """Any backend (tests/test_backends.py): ``op`` = id, hold, leave_open (a write in a
+    transaction never ended), count (rows and autocommit as this request finds them), or
+    for PostgreSQL set_time_zone (session state left behind) and time_zone."""
+    alias = _alias(request)
+    op = request.GET.get("op", "id")
+    conn_id = _vendor_conn_id(alias)
+    result: dict[str, Any] = {"conn_id": conn_id}
+    if op == "hold":
+        gevent.sleep(float(request.GET.get("seconds", "0.02")))
+        result["same"] = _vendor_conn_id(alias) == conn_id
+    elif op == "leave_open":
+        transaction.set_autocommit(False, using=alias)
+        Item.objects.using(alias).create(name=request.GET.get("name", "left open"))
+    elif op == "count":
+        result["rows"] = Item.objects.using(alias).count()
+        result["autocommit"] = connections[alias].get_autocommit()
+        result["in_atomic_block"] = connections[alias].in_atomic_block
+    elif op == "set_time_zone":  # PostgreSQL: session state the next request must not see
+        with connections[alias].cursor() as cursor:
+            cursor.execute("SET TIME ZONE 'Asia/Tokyo'")
+    elif op == "time_zone":
+        result["time_zone"] = _one("SELECT current_setting('TimeZone')", alias)
+    return JsonResponse(result)
+
+
+def block(request: HttpRequest) -> HttpResponse:
+    """Query, then block the whole process for ``seconds`` without letting another greenlet
+    run (as CPU work or a C call would), then return without touching the database again."""
+    import gevent.monkey
+
+    real_sleep = gevent.monkey.get_original("time", "sleep")
+    conn_id = _one("SELECT CONNECTION_ID()")
+    real_sleep(float(request.GET.get("seconds", "0.2")))
+    return JsonResponse({"conn_id": conn_id})

@@ -1,0 +1,156 @@
+"""PostgreSQL specifics (psycopg 3, or psycopg2): errors that mean "gone", the checks, the reset.
+
+The same functions as ``_mysql``, so that ``_django`` can use either module as the
+alias's dialect.
+"""
+
+from __future__ import annotations
+
+import re
+import select
+import sys
+from typing import Any
+
+# SQLSTATE classes and codes: connection exception (08...), the server shutting down or
+# killing the backend (57P01 admin_shutdown, 57P02 crash_shutdown, 57P03 cannot_connect_now).
+_GONE_STATES = frozenset({"57P01", "57P02", "57P03"})
+# The server cannot take the connection: too_many_connections, cannot_connect_now.
+_UNAVAILABLE_STATES = frozenset({"53300", "57P03"})
+
+
+def _sqlstate(exc: BaseException | None) -> str | None:
+    seen = 0
+    while exc is not None and seen < 5:
+        state = getattr(exc, "sqlstate", None) or getattr(exc, "pgcode", None)
+        if isinstance(state, str):
+            return state
+        exc = exc.__cause__
+        seen += 1
+    return None
+
+
+def _operational(exc: BaseException) -> bool:
+    # Django wraps the driver's error in its own class of the same name.
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            return False
+        if type(seen).__name__ == "OperationalError":
+            return True
+        seen = seen.__cause__
+    return False
+
+
+def is_gone(exc: BaseException) -> bool:
+    """Whether ``exc`` says the connection itself is finished."""
+    state = _sqlstate(exc)
+    if state is None:
+        # psycopg raises OperationalError without a SQLSTATE when the socket is lost.
+        return _operational(exc)
+    return state.startswith("08") or state in _GONE_STATES
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the server cannot be reached or refuses new connections."""
+    state = _sqlstate(exc)
+    if state is None:
+        return _operational(exc)  # a refused or timed-out connect
+    return state.startswith("08") or state in _UNAVAILABLE_STATES
+
+
+def _readable(fd: int) -> bool:
+    # The original poll, not gevent's: a zero-timeout check must not yield.
+    monkey = sys.modules.get("gevent.monkey")
+    poll = monkey.get_original("select", "poll") if monkey else select.poll
+    poller = poll()
+    poller.register(fd, select.POLLIN | select.POLLPRI)
+    return bool(poller.poll(0))
+
+
+def _broken(raw: Any) -> bool:
+    return bool(getattr(raw, "closed", False)) or bool(getattr(raw, "broken", False))
+
+
+def is_quiet(raw: Any) -> bool:
+    """Whether an idle connection is open and its socket has nothing to read.
+
+    A terminated backend (pg_terminate_backend, a restart) sends an error and closes
+    the socket, which makes it readable; so does a NOTICE or a NOTIFY on a healthy
+    one, which is why a readable socket costs a round trip here instead of a discard.
+    """
+    if _broken(raw):
+        return False
+    fileno = getattr(raw, "fileno", None)
+    if fileno is None:
+        return True
+    try:
+        readable = _readable(fileno())
+    except (OSError, ValueError):
+        return False
+    return not readable or ping(raw)
+
+
+def is_open(raw: Any) -> bool:
+    """Whether the driver still holds a usable connection."""
+    return not _broken(raw)
+
+
+def ping(raw: Any) -> bool:
+    """One round trip (``SELECT 1``); a driver error means the connection is unusable."""
+    try:
+        with raw.cursor() as cursor:
+            cursor.execute("SELECT 1")
+    except Exception:
+        return False
+    return True
+
+
+def needs_rollback(raw: Any) -> bool:
+    """Whether a transaction may be open, read from the driver at no cost."""
+    info = getattr(raw, "info", None)  # psycopg 3
+    if info is not None:
+        return int(info.transaction_status) != 0  # TransactionStatus.IDLE
+    status = getattr(raw, "get_transaction_status", None)  # psycopg2
+    if status is not None:
+        return int(status()) != 0  # TRANSACTION_STATUS_IDLE
+    return True
+
+
+def abort(raw: Any) -> None:
+    """Close without waiting for the server; takes no Python lock (psycopg's close() does
+    not), so a finalizer may call it."""
+    # contextlib may be gone at interpreter exit, when finalizers still run.
+    try:  # noqa: SIM105
+        raw.close()
+    except Exception:  # a finalizer must not raise
+        pass
+
+
+def close(raw: Any) -> None:
+    """Close politely (libpq sends Terminate)."""
+    abort(raw)
+
+
+_SESSION_STATE = re.compile(
+    r"(?:^|;)\s*(?:SET(?!\s+LOCAL\b)|RESET|LISTEN|PREPARE|DECLARE|LOAD)\b"
+    r"|\bTEMP(?:ORARY)?\b|pg_advisory_lock|set_config",
+    re.IGNORECASE,
+)
+
+
+def leaves_session_state(sql: object) -> bool:
+    """Whether ``sql`` may leave state on the session that the next request would see."""
+    return isinstance(sql, str) and _SESSION_STATE.search(sql) is not None
+
+
+def reset_session(raw: Any) -> None:
+    """Roll back, then ``DISCARD ALL`` (session variables, temporary tables, prepared
+    statements, advisory locks, LISTEN); the caller re-applies autocommit and Django's
+    session setup. psycopg 3 forgets its own prepared statements when it sees it."""
+    raw.rollback()
+    if hasattr(raw, "info"):
+        raw.autocommit = True  # psycopg 3: DISCARD ALL cannot run in a transaction
+    else:
+        raw.set_session(autocommit=True)  # psycopg2
+    with raw.cursor() as cursor:
+        cursor.execute("DISCARD ALL")

@@ -1,0 +1,63 @@
+"""SQLite specifics: a file on this machine, so nothing is ever "gone" or unreachable.
+
+The same functions as ``_mysql``, so that ``_django`` can use either module as the
+alias's dialect. An in-memory database is refused by ``_django.resolve_aliases``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+
+def is_gone(exc: BaseException) -> bool:
+    """No server, no lost connection."""
+    return False
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """No server to be unreachable ("database is locked" is an ordinary error)."""
+    return False
+
+
+def is_quiet(raw: Any) -> bool:
+    return True
+
+
+def is_open(raw: Any) -> bool:
+    return True
+
+
+def ping(raw: Any) -> bool:
+    return True
+
+
+def needs_rollback(raw: Any) -> bool:
+    """sqlite3 knows whether a transaction is open."""
+    return bool(getattr(raw, "in_transaction", True))
+
+
+def abort(raw: Any) -> None:
+    """Close the file handle (no network, no lock)."""
+    # contextlib may be gone at interpreter exit, when finalizers still run.
+    try:  # noqa: SIM105
+        raw.close()
+    except Exception:  # a finalizer must not raise
+        pass
+
+
+def close(raw: Any) -> None:
+    abort(raw)
+
+
+_SESSION_STATE = re.compile(r"\bPRAGMA\b|\bTEMP(?:ORARY)?\b|\bATTACH\b", re.IGNORECASE)
+
+
+def leaves_session_state(sql: object) -> bool:
+    """Whether ``sql`` may leave state on the connection that the next request would see."""
+    return isinstance(sql, str) and _SESSION_STATE.search(sql) is not None
+
+
+def reset_session(raw: Any) -> None:
+    """SQLite has no session reset: the caller discards the connection (cheap to reopen)."""
+    raise NotImplementedError("SQLite connections are discarded, not reset")
