@@ -436,14 +436,17 @@ class Lease:
         for alias, entry in held:
             pool = self.pools[alias]
             wrapper = entry.conn
-            if mine:
-                _unbind(alias, wrapper)
             try:
+                if mine:
+                    _unbind(alias, wrapper)
                 reason = pool.connector.reset(wrapper)
             except BaseException as exc:
                 error = error or exc
                 reason = "interrupted"
-            pool.checkin(entry, reason)
+            try:
+                pool.checkin(entry, reason)
+            except BaseException as exc:  # the slot is freed; the others still go back
+                error = error or exc
         if error is not None:
             raise error
 
