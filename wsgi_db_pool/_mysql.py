@@ -44,23 +44,7 @@ def is_unavailable(exc: BaseException) -> bool:
 
 
 _poll: Any = None
-
-
-def _poller(raw: Any, fd: int) -> Any:
-    global _poll
-    if _poll is None:
-        # gevent replaces select.poll with one that waits on its hub; a zero-timeout
-        # check must not give up the CPU, so use the original. Resolved once: either
-        # way it is the original.
-        monkey = sys.modules.get("gevent.monkey")
-        _poll = monkey.get_original("select", "poll") if monkey else select.poll
-    cached = raw.__dict__.get("_wsgi_db_pool_poller")
-    if cached is not None and cached[0] == fd:
-        return cached[1]
-    poller = _poll()
-    poller.register(fd, select.POLLIN | select.POLLPRI)
-    raw._wsgi_db_pool_poller = (fd, poller)
-    return poller
+_NO_SOCKET: Any = object()
 
 
 def is_quiet(raw: Any) -> bool:
@@ -69,15 +53,33 @@ def is_quiet(raw: Any) -> bool:
     A server-side KILL, ``wait_timeout``, shutdown or FIN makes the socket readable:
     this sees it with one syscall and no round trip. Unknown drivers count as quiet.
     """
-    if not hasattr(raw, "_sock"):
-        return True
-    sock = raw._sock
+    sock = getattr(raw, "_sock", _NO_SOCKET)
     if sock is None:
         return False
+    if sock is _NO_SOCKET:
+        return True
+    # One poller per socket, kept on the connection: registering costs more than polling.
+    cached = raw.__dict__.get("_wsgi_db_pool_poller")
     try:
-        return not _poller(raw, sock.fileno()).poll(0)
+        if cached is None or cached[0] is not sock:
+            cached = (sock, _new_poller(sock.fileno()))
+            raw._wsgi_db_pool_poller = cached
+        return not cached[1].poll(0)
     except (OSError, ValueError):
         return False
+
+
+def _new_poller(fd: int) -> Any:
+    global _poll
+    if _poll is None:
+        # gevent replaces select.poll with one that waits on its hub; a zero-timeout
+        # check must not give up the CPU, so use the original. Resolved once: either
+        # way it is the original.
+        monkey = sys.modules.get("gevent.monkey")
+        _poll = monkey.get_original("select", "poll") if monkey else select.poll
+    poller = _poll()
+    poller.register(fd, select.POLLIN | select.POLLPRI)
+    return poller
 
 
 def is_open(raw: Any) -> bool:

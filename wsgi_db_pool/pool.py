@@ -196,13 +196,15 @@ class Pool:
             if got is not _SLOT:
                 entry = got
         if entry is not None:
+            # Straight from the idle stack, no time has passed worth a clock read.
+            now = start if waiter is None else time.monotonic()
             try:
-                reason = self._stale(entry, deadline)
+                reason = self._stale(entry, now, deadline)
             except BaseException:
                 self.checkin(entry, "interrupted")
                 raise
             if reason is None:
-                entry.checked_out_at = now = time.monotonic()
+                entry.checked_out_at = now
                 entry.warned = False
                 if self._held is not None:
                     self._held.add(entry)
@@ -251,8 +253,7 @@ class Pool:
         else:
             self.checkin(item)
 
-    def _stale(self, entry: PooledConnection, deadline: float) -> str | None:
-        now = time.monotonic()
+    def _stale(self, entry: PooledConnection, now: float, deadline: float) -> str | None:
         if now >= entry.expires_at:
             return "max_age"
         # No max_idle here: a request that needs a connection should get the idle
