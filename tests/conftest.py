@@ -350,6 +350,24 @@ class Pooled:
     def request(self, path: str, query: str = "") -> Exchange:
         return request(self.app, path, query)
 
+    def session_counted(
+        self, action: Callable[[], object], alias: str = "default"
+    ) -> dict[str, int]:
+        """The commands the server counted on our one connection while ``action()`` ran.
+
+        Read from that session's own status (SESSION_STATUS), which no other client
+        of the server can move: the window runs from one probe's SELECT to the next,
+        so it holds the second probe's checkout (a ping, say) but not its SELECT.
+        """
+        before = self.json("/session-counters/", alias=alias)
+        action()
+        after = self.json("/session-counters/", alias=alias)
+        assert after["conn_id"] == before["conn_id"], "the probes ran on different connections"
+        return {
+            "questions": after["questions"] - before["questions"] - 1,
+            "com_admin_commands": after["com_admin_commands"] - before["com_admin_commands"],
+        }
+
     def start(self, path: str, query: str = "") -> Exchange:
         """A request left open: the test iterates and closes it (or teardown closes it)."""
         exchange = Exchange(self.app, path, query)

@@ -39,3 +39,4 @@ urlpatterns += [
 ]
 urlpatterns += [path("vendor/", views.vendor)]  # tests/test_backends.py
 urlpatterns += [path("block/", views.block)]  # tests/test_ops_servers.py
+urlpatterns += [path("session-counters/", views.session_counters)]  # Pooled.session_counted

@@ -389,7 +389,7 @@ COMMENTED_STATE_KINDS = {
 def leave_state(request: HttpRequest) -> HttpResponse:
     """Run the statements of one STATE_KINDS (or, with commented=1, COMMENTED_STATE_KINDS) kind."""
     kinds = COMMENTED_STATE_KINDS if request.GET.get("commented") else STATE_KINDS
-    with connections["default"].cursor() as cursor:
+    with connections[_alias(request)].cursor() as cursor:
         for sql in kinds[request.GET["kind"]]:
             cursor.execute(sql)
         cursor.execute("SELECT CONNECTION_ID()")
@@ -399,7 +399,7 @@ def leave_state(request: HttpRequest) -> HttpResponse:
 
 def probe_state(request: HttpRequest) -> HttpResponse:
     """Every kind of STATE_KINDS as the request finds it on its connection."""
-    with connections["default"].cursor() as cursor:
+    with connections[_alias(request)].cursor() as cursor:
         cursor.execute(
             "SELECT CONNECTION_ID(), @@session.sql_mode, @@session.time_zone, "
             "@@session.tx_isolation, @leak, IS_USED_LOCK('wsgi_db_pool_leak'), "
@@ -515,3 +515,19 @@ def block(request: HttpRequest) -> HttpResponse:
     conn_id = _one("SELECT CONNECTION_ID()")
     real_sleep(float(request.GET.get("seconds", "0.2")))
     return JsonResponse({"conn_id": conn_id})
+
+
+def session_counters(request: HttpRequest) -> HttpResponse:
+    """This connection's own server counters, read in one statement (which counts itself)."""
+    with connections[_alias(request)].cursor() as cursor:
+        cursor.execute(
+            "SELECT CONNECTION_ID(),"
+            " (SELECT VARIABLE_VALUE FROM information_schema.SESSION_STATUS"
+            "  WHERE VARIABLE_NAME = 'QUESTIONS'),"
+            " (SELECT VARIABLE_VALUE FROM information_schema.SESSION_STATUS"
+            "  WHERE VARIABLE_NAME = 'COM_ADMIN_COMMANDS')"
+        )
+        conn_id, questions, admin = cursor.fetchone()
+    return JsonResponse(
+        {"conn_id": conn_id, "questions": int(questions), "com_admin_commands": int(admin)}
+    )
