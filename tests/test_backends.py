@@ -34,7 +34,6 @@ PG_DB = f"{NAMESPACE}_pg"
 PG_APP = f"{NAMESPACE}_pool"  # application_name: counts our pool's PostgreSQL sessions
 
 
-
 # -- fixtures ---------------------------------------------------------------------------------
 
 

@@ -133,7 +133,10 @@ def close(raw: Any) -> None:
 # variables, names, next transaction), USE, LOCK TABLES, PREPARE, HANDLER, CALL, user
 # variables (a single @), temporary tables, named locks.
 _SESSION_STATE = re.compile(
-    r"(?:^|;)\s*(?:SET|USE|LOCK|PREPARE|HANDLER|CALL)\b|(?<!@)@(?!@)|TEMPORARY|GET_LOCK",
+    # A statement's first word, also behind a comment (/* tags */, -- or # lines)
+    # or inside a versioned comment (/*!40101 SET ... */, as dumps write them).
+    r"(?:^|;|\*/|/\*!\d*|--[^\n]*\n|#[^\n]*\n)\s*(?:SET|USE|LOCK|PREPARE|HANDLER|CALL)\b"
+    r"|(?<!@)@(?!@)|TEMPORARY|GET_LOCK",
     re.IGNORECASE,
 )
 _COM_RESET_CONNECTION = 0x1F

@@ -11,8 +11,13 @@ from __future__ import annotations
 import _thread
 import contextlib
 import sys
+import threading
 from collections.abc import Iterator
 from typing import Any
+
+# The longest wait a lock takes (threading.TIMEOUT_MAX is about 292 years); and past a
+# day, a deadline is no deadline.
+TIMEOUT_MAX = min(threading.TIMEOUT_MAX, 24 * 3600.0)
 
 
 def allocate_lock() -> Any:
@@ -51,7 +56,7 @@ def deadline(seconds: float) -> Iterator[Any]:
     Under real threads nothing can interrupt a socket call safely: the driver's own
     ``connect_timeout``/``read_timeout`` options bound it there.
     """
-    if not gevent_patched():
+    if seconds >= TIMEOUT_MAX or not gevent_patched():
         yield None
         return
     import gevent

@@ -223,7 +223,7 @@ class Pool:
 
     def _wait(self, waiter: _Waiter, start: float, deadline: float) -> Any:
         try:
-            waiter.lock.acquire(True, max(deadline - time.monotonic(), 0.0))
+            waiter.lock.acquire(True, min(max(deadline - time.monotonic(), 0.0), _sync.TIMEOUT_MAX))
         except BaseException:
             # gevent.Timeout or GreenletExit while waiting: give back what may have come.
             self._abandon(waiter)
@@ -278,6 +278,7 @@ class Pool:
         nor watched for long holds, nor logged as ``db_pool.checkout``.
         """
         now = time.monotonic()
+        probe = False
         with self._lock:
             refused = now < self._backoff_until or self._probing
             if refused:
@@ -285,7 +286,7 @@ class Pool:
                 if counted:
                     self._checkouts -= 1
             elif self._backoff:
-                self._probing = True  # the one connect allowed after a failure
+                self._probing = probe = True  # the one connect allowed after a failure
         if refused:
             self._release_slot()
             self._log.warning("db_pool.reject", **self._counts(), reason="backoff")
@@ -306,17 +307,15 @@ class Pool:
             with self._lock:
                 if counted:
                     self._checkouts -= 1
-                self._connect_errors += 1
-                self._last_connect_error = f"{type(exc).__name__}: {exc}"
-                if isinstance(exc, PoolTimeout):
-                    self._timeouts += 1
-                self._probing = False
-                # Our own deadline says nothing of the server (the wait may have
-                # used it up); the driver's connect_timeout gives 2003, which does.
-                if not isinstance(exc, PoolTimeout):
-                    self._backoff = min(max(self._backoff * 2, BACKOFF_FIRST), BACKOFF_MAX)
-                    self._backoff_until = time.monotonic() + self._backoff
+                if probe:
+                    self._probing = False
+                if isinstance(exc, Exception):
+                    self._connect_failed_locked(exc, probe)
             self._release_slot()
+            if not isinstance(exc, Exception):
+                # The caller's own gevent.Timeout or GreenletExit: nothing is known
+                # of the server, so no backoff and no connect error.
+                raise
             if isinstance(exc, PoolTimeout):
                 self._log.warning("db_pool.timeout", **self._counts(), waited=exc.waited)
             else:
@@ -333,8 +332,10 @@ class Pool:
             self._connects += 1
             if not counted and not warmup:
                 self._checkouts += 1
+            # Whichever attempt succeeds, the server takes connections again.
             self._probing = False
             self._backoff = 0.0
+            self._backoff_until = 0.0
         self._log.info("db_pool.connect", **self._counts(), seconds=round(now - start, 6))
         if warmup:
             return entry
@@ -343,6 +344,20 @@ class Pool:
         if self._debug:
             self._emit_debug("db_pool.checkout", reused=False, waited=now - start)
         return entry
+
+    def _connect_failed_locked(self, exc: Exception, probe: bool) -> None:
+        self._connect_errors += 1
+        self._last_connect_error = f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, PoolTimeout):
+            # Our own deadline says nothing of the server (the wait may have used
+            # it up); the driver's connect_timeout gives 2003, which does.
+            self._timeouts += 1
+            return
+        # A failed probe doubles the wait; attempts that were already under way
+        # when the server went away fail together and count as one failure.
+        backoff = self._backoff * 2 if probe else self._backoff
+        self._backoff = min(max(backoff, BACKOFF_FIRST), BACKOFF_MAX)
+        self._backoff_until = max(self._backoff_until, time.monotonic() + self._backoff)
 
     def _timeout_error(self, waited: float, doing: str = "wait") -> PoolTimeout:
         what = "connecting took" if doing == "connect" else "waited"

@@ -1,0 +1,111 @@
+"""Session state one request leaves, as the next request on its connection finds it, per mode.
+
+tests/test_reset.py covers the default ("auto") for most kinds; this adds "always",
+"never" (which keeps session state, by design), sql_mode, and the cost in round trips.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from tests.app.views import STATE_KINDS
+from tests.conftest import Pooled, Server
+from tests.faults.proxy import Proxy
+
+pytestmark = pytest.mark.fault
+
+# Kinds that reset_session="never" leaves for the next request, as documented: it skips
+# COM_RESET_CONNECTION. A transaction is rolled back and autocommit restored whatever the mode.
+KEPT_BY_NEVER = {
+    "sql_mode",
+    "time_zone",
+    "isolation_level",
+    "user_variable",
+    "temporary_table",
+    "named_lock",
+}
+# Already covered under "auto" by tests/test_reset.py.
+COVERED_UNDER_AUTO = set(STATE_KINDS) - {"sql_mode"}
+
+CASES = [
+    pytest.param(mode, kind, id=f"{mode}-{kind}")
+    for mode in ("auto", "always", "never")
+    for kind in STATE_KINDS
+    if not (mode == "auto" and kind in COVERED_UNDER_AUTO)
+]
+
+
+@pytest.mark.parametrize(("mode", "kind"), CASES)
+def test_session_state_per_reset_mode(
+    make_pooled: Callable[..., Pooled], server: Server, mode: str, kind: str
+) -> None:
+    """State a request left is gone under auto and always; under never, session state stays."""
+    pooled = make_pooled(pool_size=1, max_overflow=0, reset_session=mode)
+    fresh = pooled.json("/probe-state/")
+    conn_id = pooled.json("/leave-state/", kind=kind)["conn_id"]
+    assert conn_id == fresh["conn_id"]
+    after = pooled.json("/probe-state/")
+    assert after["conn_id"] == conn_id, "the connection was not recycled"
+    if mode == "never" and kind in KEPT_BY_NEVER:
+        assert after[kind] != fresh[kind], f"{kind} was expected to stay under never"
+        others = {k: v for k, v in after.items() if k not in (kind, "conn_id")}
+        assert others == {k: v for k, v in fresh.items() if k not in (kind, "conn_id")}
+    else:
+        assert after == fresh
+    assert server.committed_names() == []
+    stats = pooled.stats()
+    assert (stats["discards"], stats["in_use"]) == ({}, 0)
+
+
+@pytest.mark.parametrize("mode", ["auto", "never", "always"])
+def test_commands_of_a_clean_request(
+    make_pooled: Callable[..., Pooled], proxy: Proxy, proxied: str, server: Server, mode: str
+) -> None:
+    """A request that left no state: one command per query (auto, never); always adds a reset.
+
+    Counted at the proxy, so other clients of the shared server cannot blur the figure.
+    """
+    pooled = make_pooled(aliases=[proxied], pool_size=1, max_overflow=0, reset_session=mode)
+    pooled.json("/read/", alias=proxied)
+    proxy.commands.clear()
+    n = 10
+    for _ in range(n):
+        pooled.json("/read/", alias=proxied)
+    commands = dict(proxy.commands)
+    if mode == "always":
+        # COM_RESET_CONNECTION, then SET NAMES and Django's isolation level again.
+        assert commands.pop("reset") == n
+        extra, remainder = divmod(commands.pop("query") - n, n)
+        assert (extra, remainder, commands) == (2, 0, {}), (extra, remainder, commands)
+    else:
+        assert commands == {"query": n}
+    assert pooled.stats(proxied)["connects"] == 1
+
+
+def test_auto_resets_once_after_a_dirty_request(
+    make_pooled: Callable[..., Pooled], proxy: Proxy, proxied: str, server: Server
+) -> None:
+    """Under auto a request that left state pays for one reset; the clean one after it, none."""
+    pooled = make_pooled(aliases=[proxied], pool_size=1, max_overflow=0)
+    pooled.json("/read/", alias=proxied)
+    proxy.commands.clear()
+    pooled.json("/leave-state/", alias=proxied, kind="user_variable")
+    # Its two statements, then the reset and the two statements that restore the session.
+    assert dict(proxy.commands) == {"query": 2 + 2, "reset": 1}
+    proxy.commands.clear()
+    pooled.json("/read/", alias=proxied)
+    assert dict(proxy.commands) == {"query": 1}
+
+
+@pytest.mark.parametrize("kind", ["time_zone", "sql_mode"])
+def test_auto_sees_session_changes_behind_a_comment(
+    pooled: Pooled, server: Server, kind: str
+) -> None:
+    """A SET written behind a comment (query tags, dump-style /*!...*/) is reset under auto too."""
+    fresh = pooled.json("/probe-state/")
+    pooled.json("/leave-state/", kind=kind, commented="1")
+    after = pooled.json("/probe-state/")
+    assert after["conn_id"] == fresh["conn_id"]
+    assert after[kind] == fresh[kind]
