@@ -2,11 +2,13 @@
 # Each creates its virtualenv and installs what it needs on first use.
 PYTHON ?= python3
 VENV ?= .venv
-# Contract tests also run against the oldest Django we support.
+# Contract tests also run against the oldest Django we support, and the interrupt
+# and reset tests against the oldest PyMySQL.
 VENV42 ?= .venv-django42
+VENVPY ?= .venv-pymysql-oldest
 BIN := $(VENV)/bin
 
-.PHONY: test test-main test-django42 demo lint nox clean
+.PHONY: test test-main test-django42 test-pymysql-oldest demo lint nox clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +22,13 @@ $(VENV42)/bin/.installed: pyproject.toml
 	$(VENV42)/bin/python -m pip install -q -e '.[test]' 'Django>=4.2,<4.3'
 	touch $@
 
-test: test-main test-django42
+$(VENVPY)/bin/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENVPY)
+	$(VENVPY)/bin/python -m pip install -q --upgrade pip
+	$(VENVPY)/bin/python -m pip install -q -e '.[test]' 'PyMySQL==1.1.0'
+	touch $@
+
+test: test-main test-django42 test-pymysql-oldest
 
 # gevent patches the standard library before pytest or Django import anything,
 # which is what gunicorn's gevent worker does.
@@ -39,8 +47,15 @@ lint: $(BIN)/.installed
 nox: $(BIN)/.installed
 	$(BIN)/nox $(NOX_ARGS)
 
+test-pymysql-oldest: $(VENVPY)/bin/.installed
+	$(VENVPY)/bin/python -m gevent.monkey --module pytest -m "contract or smoke" \
+		tests/test_contract.py tests/test_lifecycle.py tests/test_requests.py \
+		tests/faults/test_interrupts.py tests/faults/test_isolation.py $(PYTEST_ARGS)
+	$(VENVPY)/bin/python -m gevent.monkey --module pytest \
+		tests/faults/test_interrupts.py tests/faults/test_isolation.py $(PYTEST_ARGS)
+
 demo: $(BIN)/.installed
 	$(BIN)/python scripts/demo.py
 
 clean:
-	rm -rf $(VENV) $(VENV42)
+	rm -rf $(VENV) $(VENV42) $(VENVPY)
