@@ -142,9 +142,22 @@ _SESSION_STATE = re.compile(
 _COM_RESET_CONNECTION = 0x1F
 
 
+_FIRST_WORDS = ("SET", "USE", "LOCK", "PREPARE", "HANDLER", "CALL")
+
+
 def leaves_session_state(sql: object) -> bool:
-    """Whether ``sql`` may leave state on the session that the next request would see."""
-    return isinstance(sql, str) and _SESSION_STATE.search(sql) is not None
+    """Whether ``sql`` may leave state on the session that the next request would see.
+
+    It runs on every statement: plain substring tests (C speed) settle the usual
+    ORM statement, and the full pattern runs only where comments, several
+    statements or an @ make the simple reading unsafe.
+    """
+    if not isinstance(sql, str):
+        return False
+    if "@" in sql or ";" in sql or "/*" in sql or "--" in sql or "#" in sql:
+        return _SESSION_STATE.search(sql) is not None
+    upper = sql.upper()
+    return upper.lstrip().startswith(_FIRST_WORDS) or "TEMPORARY" in upper or "GET_LOCK" in upper
 
 
 def reset_session(raw: Any) -> None:

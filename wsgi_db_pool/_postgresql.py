@@ -138,9 +138,25 @@ _SESSION_STATE = re.compile(
 )
 
 
+_FIRST_WORDS = ("SET", "RESET", "LISTEN", "PREPARE", "DECLARE", "LOAD")
+
+
 def leaves_session_state(sql: object) -> bool:
-    """Whether ``sql`` may leave state on the session that the next request would see."""
-    return isinstance(sql, str) and _SESSION_STATE.search(sql) is not None
+    """Whether ``sql`` may leave state on the session that the next request would see.
+
+    Substring tests settle the usual statement; the full pattern (which knows
+    ``SET LOCAL`` ends with the transaction) runs only where they cannot.
+    """
+    if not isinstance(sql, str):
+        return False
+    if ";" in sql or "/*" in sql or "--" in sql:
+        return _SESSION_STATE.search(sql) is not None
+    upper = sql.upper()
+    if upper.lstrip().startswith(_FIRST_WORDS):
+        return _SESSION_STATE.search(sql) is not None
+    if "TEMP" in upper or "PG_ADVISORY_LOCK" in upper or "SET_CONFIG" in upper:
+        return _SESSION_STATE.search(sql) is not None  # not for a column "attempts"
+    return False
 
 
 def reset_session(raw: Any) -> None:
