@@ -8,7 +8,7 @@ VENV42 ?= .venv-django42
 VENVPY ?= .venv-pymysql-oldest
 BIN := $(VENV)/bin
 
-.PHONY: test test-main test-django42 test-pymysql-oldest demo lint nox clean
+.PHONY: test test-main test-django42 test-pymysql-oldest demo lint nox bench bench-quick bench-smoke clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,8 +39,8 @@ test-django42: $(VENV42)/bin/.installed
 	$(VENV42)/bin/python -m gevent.monkey --module pytest -m "contract or smoke" $(PYTEST_ARGS)
 
 lint: $(BIN)/.installed
-	$(BIN)/ruff check wsgi_db_pool tests example_wsgi.py scripts gunicorn.conf.py noxfile.py
-	$(BIN)/ruff format --check wsgi_db_pool tests example_wsgi.py scripts gunicorn.conf.py noxfile.py
+	$(BIN)/ruff check wsgi_db_pool tests example_wsgi.py scripts gunicorn.conf.py noxfile.py bench
+	$(BIN)/ruff format --check wsgi_db_pool tests example_wsgi.py scripts gunicorn.conf.py noxfile.py bench
 	$(BIN)/mypy
 
 # The Django matrix: 5.2 in full, contract and smoke tests on 4.2 and 6.x.
@@ -54,8 +54,21 @@ test-pymysql-oldest: $(VENVPY)/bin/.installed
 	$(VENVPY)/bin/python -m gevent.monkey --module pytest \
 		tests/faults/test_interrupts.py tests/faults/test_isolation.py $(PYTEST_ARGS)
 
+# The benchmark keeps its own virtualenv (bench/.venv): the peers it measures patch
+# Django and must not reach $(VENV). Needs root (apt-get wrk) and the local MariaDB.
+bench:
+	bash bench/run.sh
+
+bench-quick:
+	bash bench/run.sh --quick
+
+# A few seconds of one configuration, so that the benchmark does not rot.
+bench-smoke:
+	bash bench/setup.sh
+	bench/.venv/bin/python -m pytest bench/test_bench_smoke.py -m slow -p no:cacheprovider
+
 demo: $(BIN)/.installed
 	$(BIN)/python scripts/demo.py
 
 clean:
-	rm -rf $(VENV) $(VENV42) $(VENVPY)
+	rm -rf $(VENV) $(VENV42) $(VENVPY) bench/.venv bench/out

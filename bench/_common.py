@@ -1,0 +1,82 @@
+"""What the app, the driver and the microbenchmarks share: names, the table, the configs."""
+
+from __future__ import annotations
+
+import os
+
+# Order of the tables and of each round.
+CONFIGS = ("stock0", "stock60", "dbpooling", "dbcp", "geventpool", "ours")
+LABELS = {
+    "stock0": "Django CONN_MAX_AGE=0",
+    "stock60": "Django CONN_MAX_AGE=60",
+    "dbpooling": "django-db-pooling 0.0.4",
+    "dbcp": "django-db-connection-pool",
+    "geventpool": "django-mysql-geventpool",
+    "ours": "wsgi_db_pool",
+}
+PEERS = ("dbpooling", "dbcp", "geventpool")
+POOLED = ("dbpooling", "dbcp", "geventpool", "ours")
+
+DB_HOST = os.environ.get("BENCH_DB_HOST", "127.0.0.1")
+DB_PORT = int(os.environ.get("BENCH_DB_PORT", "3306"))
+# The app logs in as its own user: PROCESSLIST filtered by it counts the app's connections.
+DB_USER = "wsgi_db_pool_bench"
+DB_NAME = "wsgi_db_pool_bench"
+TABLE = "bench_item"
+ITEMS = 1000
+
+if DB_HOST not in ("127.0.0.1", "localhost", "::1"):
+    raise SystemExit(f"the bench talks to a loopback MariaDB only, not {DB_HOST!r}")
+
+
+def connect_app_user(**kw: object):  # type: ignore[no-untyped-def]
+    """A PyMySQL connection as the bench user, outside Django."""
+    import pymysql
+
+    return pymysql.connect(
+        host=DB_HOST,
+        port=DB_PORT,
+        user=DB_USER,
+        password=DB_USER,
+        database=DB_NAME,
+        ssl_disabled=True,
+        autocommit=True,
+        connect_timeout=5,
+        **kw,
+    )
+
+
+def connect_root():  # type: ignore[no-untyped-def]
+    """A root connection (empty password) for the server's view of things."""
+    import pymysql
+
+    return pymysql.connect(
+        host=DB_HOST,
+        port=DB_PORT,
+        user="root",
+        password="",
+        ssl_disabled=True,
+        autocommit=True,
+        connect_timeout=5,
+        read_timeout=30,
+    )
+
+
+def create_table() -> None:
+    """Create and fill bench_item if missing (the driver does it, never the server)."""
+    conn = connect_app_user()
+    try:
+        with conn.cursor() as cursor:
+            cursor.execute(
+                f"CREATE TABLE IF NOT EXISTS {TABLE} ("
+                " id BIGINT AUTO_INCREMENT PRIMARY KEY,"
+                " name VARCHAR(100) NOT NULL,"
+                " hits BIGINT NOT NULL DEFAULT 0"
+                ") ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"
+            )
+            cursor.executemany(
+                f"INSERT IGNORE INTO {TABLE} (id, name) VALUES (%s, %s)",
+                [(pk, f"item {pk}") for pk in range(1, ITEMS + 1)],
+            )
+    finally:
+        conn.close()

@@ -1,0 +1,161 @@
+"""Fairness: 200 greenlets share 20 connections for 5 s; who got one, how often, how late.
+
+    bench/.venv/bin/python -m gevent.monkey bench/fairness.py [--seconds 5] [--out f.json]
+
+Each greenlet loops: check out, hold the connection for a simulated 2 ms query
+(``gevent.sleep``), check in, and at once ask again -- the pattern of a busy worker,
+and the one where a pool that lets a running greenlet take a freed connection ahead
+of the waiters starves them. The same loop runs against wsgi_db_pool's ``Pool``
+(with a connector whose connections are plain objects: this measures the pool's
+handoff, not a database) and against a pool made of a ``gevent.queue.Queue`` (the
+design of django-db-pooling and django-mysql-geventpool).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import gevent
+import gevent.monkey
+import gevent.queue
+import structlog
+
+from wsgi_db_pool.config import PoolConfig
+from wsgi_db_pool.pool import Pool
+
+HERE = Path(__file__).resolve().parent
+GREENLETS = 200
+CONNECTIONS = 20
+HOLD_S = 0.002
+
+
+class _Connector:
+    """Connections that are plain objects; nothing to check, reset or close."""
+
+    def connect(self) -> Any:
+        return object()
+
+    def check(self, conn: Any, ping: bool) -> str | None:
+        return None
+
+    def reset(self, conn: Any) -> str | None:
+        return None
+
+    def close(self, conn: Any) -> None:
+        pass
+
+    def abort(self, conn: Any) -> None:
+        pass
+
+
+def ours() -> tuple[Callable[[], Any], Callable[[Any], None]]:
+    config = PoolConfig(
+        pool_size=CONNECTIONS,
+        max_overflow=0,
+        timeout=60.0,
+        max_age=None,
+        max_idle=None,
+        pre_ping=False,
+    )
+    log = structlog.wrap_logger(
+        logging.getLogger("fairness"),
+        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+    )
+    pool = Pool("fairness", _Connector(), config, log)
+    # Open all of them first, as the queue-based pool starts full.
+    entries = [pool.checkout() for _ in range(CONNECTIONS)]
+    for entry in entries:
+        pool.checkin(entry)
+    return pool.checkout, pool.checkin
+
+
+def queue_pool() -> tuple[Callable[[], Any], Callable[[Any], None]]:
+    queue: gevent.queue.Queue[Any] = gevent.queue.Queue()
+    for _ in range(CONNECTIONS):
+        queue.put(object())
+
+    def checkout() -> Any:
+        return queue.get(timeout=60.0)
+
+    return checkout, queue.put
+
+
+def measure(
+    make: Callable[[], tuple[Callable[[], Any], Callable[[Any], None]]], seconds: float
+) -> dict[str, Any]:
+    checkout, checkin = make()
+    counts = [0] * GREENLETS
+    waits: list[float] = []
+    longest = [0.0] * GREENLETS
+    stop_at = time.monotonic() + seconds
+
+    def worker(n: int) -> None:
+        while time.monotonic() < stop_at:
+            asked = time.monotonic()
+            conn = checkout()
+            waited = time.monotonic() - asked
+            waits.append(waited)
+            if waited > longest[n]:
+                longest[n] = waited
+            counts[n] += 1
+            gevent.sleep(HOLD_S)
+            checkin(conn)
+
+    greenlets = [gevent.spawn(worker, n) for n in range(GREENLETS)]
+    gevent.joinall(greenlets, timeout=seconds + 70)
+    waits.sort()
+    return {
+        "checkouts": sum(counts),
+        "per_greenlet": {
+            "min": min(counts),
+            "median": statistics.median(counts),
+            "max": max(counts),
+            "at_most_once": sum(1 for c in counts if c <= 1),
+        },
+        "wait_ms": {
+            "median": round(statistics.median(waits) * 1000, 2),
+            "p99": round(waits[int(len(waits) * 0.99)] * 1000, 2),
+            "max": round(max(longest) * 1000, 2),
+        },
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="checkout fairness under contention")
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--out", type=Path, default=HERE / "out" / "fairness.json")
+    args = parser.parse_args()
+    if not gevent.monkey.is_module_patched("threading"):
+        raise SystemExit("run as: python -m gevent.monkey fairness.py")
+    result: dict[str, Any] = {
+        "greenlets": GREENLETS,
+        "connections": CONNECTIONS,
+        "hold_ms": HOLD_S * 1000,
+        "seconds": args.seconds,
+        "pools": {},
+    }
+    for name, make in (("wsgi_db_pool Pool", ours), ("gevent.queue.Queue", queue_pool)):
+        found = measure(make, args.seconds)
+        result["pools"][name] = found
+        per, wait = found["per_greenlet"], found["wait_ms"]
+        print(
+            f"  {name:<20} checkouts {found['checkouts']:6d}  per greenlet min {per['min']}"
+            f" median {per['median']} max {per['max']} (<=1: {per['at_most_once']})"
+            f"  wait median {wait['median']} ms p99 {wait['p99']} ms max {wait['max']} ms",
+            flush=True,
+        )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
