@@ -546,18 +546,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     settings_module = args.settings or os.environ.get("DJANGO_SETTINGS_MODULE")
-    if not settings_module:
-        print(
-            "wsgi_db_pool check: set DJANGO_SETTINGS_MODULE or pass --settings",
-            file=sys.stderr,
-        )
-        return 2
-    os.environ["DJANGO_SETTINGS_MODULE"] = settings_module
+    if settings_module:
+        os.environ["DJANGO_SETTINGS_MODULE"] = settings_module
     try:
         import django
+        from django.conf import settings
 
-        django.setup()
+        # The app first: a one-file app (example_wsgi.py) calls settings.configure().
         from_app = _load_app(args.app) if args.app else None
+        if not settings_module and not settings.configured:
+            print(
+                "wsgi_db_pool check: set DJANGO_SETTINGS_MODULE, pass --settings, or pass "
+                "--app of a module that configures Django's settings itself",
+                file=sys.stderr,
+            )
+            return 2
+        settings_module = settings_module or "settings.configure()"
+        django.setup()
         try:
             plan = _plan(args, from_app)
         except (TypeError, ValueError) as exc:

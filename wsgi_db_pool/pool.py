@@ -636,10 +636,12 @@ class Pool:
             }
 
 
-def _cumulative(counts: list[int]) -> list[tuple[float, int]]:
+def _cumulative(counts: list[int]) -> list[tuple[float | str, int]]:
+    # The last bound is "+Inf", as Prometheus writes it: JSON has no infinity.
     total = 0
-    result = []
-    for bound, count in zip((*WAIT_BUCKETS, math.inf), counts, strict=True):
+    result: list[tuple[float | str, int]] = []
+    bounds: tuple[float | str, ...] = (*WAIT_BUCKETS, "+Inf")
+    for bound, count in zip(bounds, counts, strict=True):
         total += count
         result.append((bound, total))
     return result
