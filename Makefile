@@ -8,12 +8,17 @@ VENV42 ?= .venv-django42
 VENVPY ?= .venv-pymysql-oldest
 BIN := $(VENV)/bin
 
-.PHONY: test test-main test-django42 test-pymysql-oldest demo lint nox bench bench-quick bench-smoke clean
+.PHONY: test test-main test-django42 test-django6 test-pymysql-oldest demo lint nox bench bench-quick bench-smoke clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[dev]'
+	# mysqlclient (tested under real threads) builds against the client headers.
+	command -v mariadb_config >/dev/null || command -v mysql_config >/dev/null || \
+		{ DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+		  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq default-libmysqlclient-dev pkg-config; }
+	$(BIN)/python -m pip install -q 'mysqlclient>=2.1'
 	touch $@
 
 $(VENV42)/bin/.installed: pyproject.toml
@@ -28,7 +33,7 @@ $(VENVPY)/bin/.installed: pyproject.toml
 	$(VENVPY)/bin/python -m pip install -q -e '.[test]' 'PyMySQL==1.1.0'
 	touch $@
 
-test: test-main test-django42 test-pymysql-oldest
+test: test-main test-django42 test-django6 test-pymysql-oldest
 
 # gevent patches the standard library before pytest or Django import anything,
 # which is what gunicorn's gevent worker does.
@@ -46,6 +51,10 @@ lint: $(BIN)/.installed
 # The Django matrix: 5.2 in full, contract and smoke tests on 4.2 and 6.x.
 nox: $(BIN)/.installed
 	$(BIN)/nox $(NOX_ARGS)
+
+# The newest Django 6.x needs Python 3.12 (pyenv's, found by the noxfile).
+test-django6: $(BIN)/.installed
+	$(BIN)/nox -s django6 $(if $(PYTEST_ARGS),-- $(PYTEST_ARGS))
 
 test-pymysql-oldest: $(VENVPY)/bin/.installed
 	$(VENVPY)/bin/python -m gevent.monkey --module pytest -m "contract or smoke" \

@@ -351,7 +351,11 @@ def write(results: dict[str, Any], directory: Path) -> list[Path]:
         "",
     ]
     target_lines, _verdicts = targets(results, main, limit)
+    # Why the missed targets are missed (written by hand, kept apart from the numbers).
+    analysis = Path(__file__).with_name("ANALYSIS.md")
     lines += [*target_lines, ""]
+    if analysis.exists():
+        lines += [analysis.read_text().rstrip(), ""]
 
     if plotted:
         lines += [

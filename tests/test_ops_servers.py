@@ -3,11 +3,9 @@ max_age jitter, and long-hold warnings (warn_hold, capture_stack)."""
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +18,7 @@ import gevent.pool
 import pytest
 
 from tests.conftest import Pooled, Server, events
+from tests.test_servers import _free_port, _get
 from wsgi_db_pool.pool import PooledConnection
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,22 +42,6 @@ LOGGING = {
         "gunicorn.error": {"level": "INFO", "handlers": ["stderr"], "propagate": False},
     },
 }
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _get(port: int, path: str, timeout: float = 30.0) -> tuple[int, bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        conn.request("GET", path)
-        response = conn.getresponse()
-        return response.status, response.read()
-    finally:
-        conn.close()
 
 
 class Gunicorn:

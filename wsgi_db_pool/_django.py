@@ -187,8 +187,12 @@ class _Guard:
     ) -> Any:
         if not self.dirty and self.dialect.leaves_session_state(sql):
             self.dirty = True
+        return self.run(execute, sql, params, many, context)
+
+    def run(self, command: Callable[..., Any], *args: Any) -> Any:
+        """Run one command on the connection, noting what ends it."""
         try:
-            return execute(sql, params, many, context)
+            return command(*args)
         except Exception as exc:
             if self.dialect.is_gone(exc):
                 self.fault = "broken"
@@ -205,15 +209,7 @@ class _Guard:
 
     def around(self, method: Callable[..., Any]) -> Callable[..., Any]:
         def guarded(*args: Any) -> Any:
-            try:
-                return method(*args)
-            except Exception as exc:
-                if self.dialect.is_gone(exc):
-                    self.fault = "broken"
-                raise
-            except BaseException:
-                self.interrupted()
-                raise
+            return self.run(method, *args)
 
         return guarded
 
