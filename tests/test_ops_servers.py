@@ -265,10 +265,10 @@ def test_max_idle_never_shrinks_below_min_size(
 def test_max_age_jitter_spreads_expiry() -> None:
     """Connections opened at the same moment expire up to 10% early, spread over that range."""
     now = 1000.0
-    expiries = [PooledConnection(object(), now, 100.0).expires_at - now for _ in range(200)]
+    expiries = [PooledConnection(object(), now, 100.0, 0).expires_at - now for _ in range(200)]
     assert all(90.0 <= age <= 100.0 for age in expiries)
     assert max(expiries) - min(expiries) > 5.0  # spread, not one instant
-    assert PooledConnection(object(), now, None).expires_at == float("inf")
+    assert PooledConnection(object(), now, None, 0).expires_at == float("inf")
 
 
 def test_connections_opened_together_expire_apart(

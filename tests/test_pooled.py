@@ -156,3 +156,28 @@ def test_decorator_with_middleware_argument(pooled: Pooled, server: Server) -> N
     conn_id = gevent.spawn(task).get()
     assert server.connection_ids() == {conn_id}
     assert pooled.stats()["checkouts"] == 1
+
+
+def test_blocks_in_a_long_lived_greenlet_do_not_accumulate(
+    make_pooled: Callable[..., Pooled], server: Server
+) -> None:
+    """pooled() blocks that end normally leave nothing behind on the greenlet that ran them."""
+    from wsgi_db_pool import _django
+
+    pooled = make_pooled(pool_size=1, max_overflow=0)
+
+    def leases() -> int:
+        gc.collect()
+        return sum(type(obj) is _django.Lease for obj in gc.get_objects())
+
+    def worker() -> None:
+        before = leases()
+        for _ in range(50):
+            with pooled.mw.pooled(), connections["default"].cursor() as cursor:
+                cursor.execute("SELECT 1")
+        # Still running: nothing may keep the finished blocks' leases alive.
+        assert leases() == before
+
+    gevent.spawn(worker).get()
+    assert pooled.stats()["in_use"] == 0
+    assert server.count() == 1

@@ -9,7 +9,7 @@ import pytest
 from django.db import connections
 from django.test import override_settings
 
-from tests.conftest import Pooled, Server, events
+from tests.conftest import DB_NAME, Pooled, Server, events
 
 
 def _assert_clean(state: dict[str, Any]) -> None:
@@ -183,3 +183,16 @@ def test_django_settings_do_not_close_or_ping_behind_the_pool(
     # No COM_PING (Django's health check), no other statement, no new connection.
     assert counted["com_admin_commands"] == 0
     assert counted["questions"] == 15
+
+
+def test_callproc_state_is_reset(pooled: Pooled, server: Server) -> None:
+    """State a stored procedure leaves (callproc skips execute wrappers) is reset for the next."""
+    server.rows(f"DROP PROCEDURE IF EXISTS {DB_NAME}.leave_variable")
+    server.rows(f"CREATE PROCEDURE {DB_NAME}.leave_variable() BEGIN SET @from_procedure = 42; END")
+    try:
+        called = pooled.json("/call-procedure/")
+        after = pooled.json("/procedure-variable/")
+    finally:
+        server.rows(f"DROP PROCEDURE IF EXISTS {DB_NAME}.leave_variable")
+    assert after["conn_id"] == called["conn_id"], "the same connection served both"
+    assert after["value"] is None

@@ -40,3 +40,7 @@ urlpatterns += [
 urlpatterns += [path("vendor/", views.vendor)]  # tests/test_backends.py
 urlpatterns += [path("block/", views.block)]  # tests/test_ops_servers.py
 urlpatterns += [path("session-counters/", views.session_counters)]  # Pooled.session_counted
+urlpatterns += [
+    path("call-procedure/", views.call_procedure),
+    path("procedure-variable/", views.read_procedure_variable),
+]  # tests/test_reset.py::test_callproc_state_is_reset

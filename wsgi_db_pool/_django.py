@@ -11,6 +11,7 @@ own method outside a request).
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import traceback
 from collections.abc import Callable, Iterable
@@ -213,6 +214,27 @@ class _Guard:
 
         return guarded
 
+    def around_create_cursor(self, create_cursor: Callable[..., Any]) -> Callable[..., Any]:
+        # Django's callproc() bypasses execute_wrappers; a procedure (and PyMySQL's
+        # own SET @_proc_N) may leave any session state behind.
+        def callproc(cursor: Any) -> Callable[..., Any]:
+            method = cursor.callproc
+
+            def guarded(*args: Any) -> Any:
+                self.dirty = True
+                return self.run(method, *args)
+
+            return guarded
+
+        def create(*args: Any) -> Any:
+            cursor = create_cursor(*args)
+            # A cursor class with __slots__ keeps its own (only MySQL's needs this).
+            with contextlib.suppress(AttributeError):
+                cursor.callproc = callproc(cursor)
+            return cursor
+
+        return create
+
 
 def _leave_to_pool() -> None:
     """Replaces ``close_if_unusable_or_obsolete`` on pooled wrappers: the pool decides."""
@@ -244,6 +266,7 @@ class AliasConnector:
         guard = _Guard(wrapper, self.dialect)
         for name in ("_commit", "_rollback", "_set_autocommit"):
             setattr(wrapper, name, guard.around(getattr(wrapper, name)))
+        wrapper.create_cursor = guard.around_create_cursor(wrapper.create_cursor)
         wrapper._wsgi_db_pool_guard = guard
         wrapper._wsgi_db_pool_wrappers = [guard]
         wrapper.execute_wrappers = wrapper._wsgi_db_pool_wrappers

@@ -125,8 +125,13 @@ def _reclaim_when_owner_dies(lease: _django.Lease) -> None:
         return  # a thread's main greenlet ends with its thread: nothing to watch
     rawlink = getattr(owner, "rawlink", None)
     if rawlink is not None:
-        # gevent's Greenlet: called from the hub when it ends, even if still referenced.
-        rawlink(lambda _greenlet: lease.reclaim())
+        # gevent's Greenlet: called from the hub when it ends, even if still referenced;
+        # unlinked when the block ends, or a long-lived greenlet keeps every lease.
+        def ended(_greenlet: Any) -> None:
+            lease.reclaim()
+
+        rawlink(ended)
+        lease.keepalive = (owner, ended)
         return
     key = id(lease)
 
@@ -140,5 +145,9 @@ def _reclaim_when_owner_dies(lease: _django.Lease) -> None:
 
 def unwatch(lease: _django.Lease) -> None:
     """The lease ended normally: stop watching its owner."""
-    if lease.keepalive is not None:
-        _watched.pop(lease.keepalive, None)
+    watch, lease.keepalive = lease.keepalive, None
+    if isinstance(watch, tuple):
+        owner, ended = watch
+        owner.unlink(ended)
+    elif watch is not None:
+        _watched.pop(watch, None)

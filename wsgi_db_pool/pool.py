@@ -8,8 +8,8 @@ under gevent and under real threads alike.
 
 from __future__ import annotations
 
+import itertools
 import math
-import os
 import time
 from bisect import bisect_left
 from collections import Counter, deque
@@ -21,6 +21,9 @@ from .config import PoolConfig
 from .errors import PoolClosed, PoolOverloaded, PoolTimeout, PoolUnavailable
 
 __all__ = ["Connector", "Pool", "PooledConnection"]
+
+# Each reset of a pool's state (at start and after a fork) is a new generation.
+_generations = itertools.count()
 
 # Backoff after a failed connect: first step and ceiling, in seconds.
 BACKOFF_FIRST = 0.1
@@ -68,12 +71,13 @@ class PooledConnection:
         "conn",
         "created_at",
         "expires_at",
+        "generation",
         "idle_since",
         "warned",
         "where",
     )
 
-    def __init__(self, conn: Any, now: float, max_age: float | None) -> None:
+    def __init__(self, conn: Any, now: float, max_age: float | None, generation: int) -> None:
         self.conn = conn
         self.created_at = now
         # Up to 10% early, so that connections opened together do not expire together.
@@ -83,6 +87,8 @@ class PooledConnection:
         # What the holder was doing, for leak and long-hold events (set by the caller).
         self.where: str | None = None
         self.warned = False
+        # The pool's state it belongs to: after a fork, the parent's entries are not ours.
+        self.generation = generation
 
 
 class _Waiter:
@@ -121,7 +127,7 @@ class Pool:
     def _reset_state(self) -> None:
         # Never held across a greenlet switch or any I/O: see _sync.allocate_native_lock.
         self._lock = _sync.allocate_native_lock()
-        self._pid = os.getpid()
+        self._generation = next(_generations)
         self._idle: list[PooledConnection] = []  # a stack: hot on top, the oldest idle at [0]
         self._waiters: deque[_Waiter] = deque()
         self._open = 0  # connected, connecting, or closing: all count against the cap
@@ -214,11 +220,10 @@ class Pool:
             # Keep the slot: the stale connection's place goes to a new one.
             try:
                 self.connector.close(entry.conn)
+                self._count_discard(reason)
             except BaseException:
                 self._release_slot()
                 raise
-            finally:
-                self._count_discard(reason)
         return self._connect(start, deadline, counted=entry is not None)
 
     def _wait(self, waiter: _Waiter, start: float, deadline: float) -> Any:
@@ -327,7 +332,7 @@ class Pool:
                 )
             raise
         now = time.monotonic()
-        entry = PooledConnection(conn, now, self._max_age)
+        entry = PooledConnection(conn, now, self._max_age, self._generation)
         with self._lock:
             self._connects += 1
             if not counted and not warmup:
@@ -336,13 +341,20 @@ class Pool:
             self._probing = False
             self._backoff = 0.0
             self._backoff_until = 0.0
-        self._log.info("db_pool.connect", **self._counts(), seconds=round(now - start, 6))
         if warmup:
+            self._log.info("db_pool.connect", **self._counts(), seconds=round(now - start, 6))
             return entry
         if self._held is not None:
             self._held.add(entry)
-        if self._debug:
-            self._emit_debug("db_pool.checkout", reused=False, waited=now - start)
+        try:
+            self._log.info("db_pool.connect", **self._counts(), seconds=round(now - start, 6))
+            if self._debug:
+                self._emit_debug("db_pool.checkout", reused=False, waited=now - start)
+        except BaseException:
+            # The logger raised (or the caller was interrupted in it): nobody holds
+            # the new connection yet, so it goes back to the pool.
+            self.checkin(entry)
+            raise
         return entry
 
     def _connect_failed_locked(self, exc: Exception, probe: bool) -> None:
@@ -380,17 +392,31 @@ class Pool:
 
         ``fresh``: a connection just opened for the pool (warm-up), not a recycle.
         """
+        if entry.generation != self._generation:
+            # Checked out before this process forked: its socket is the parent's.
+            self.connector.abort(entry.conn)
+            return
         now = time.monotonic()
         held = now - entry.checked_out_at
+        long_hold = False
         if self._held is not None:
             self._held.discard(entry)
-            if not fresh and not entry.warned and held >= self._warn_hold:  # type: ignore[operator]
-                self._warn_long_hold(entry, held, still_held=False)
+            long_hold = not fresh and not entry.warned and held >= self._warn_hold  # type: ignore[operator]
         if reason is None and now >= entry.expires_at:
             reason = "max_age"
+        try:
+            self._put_back(entry, reason, now, held, fresh)
+        finally:
+            # Events last: a logger that raises cannot keep the entry from coming back.
+            if long_hold:
+                self._warn_long_hold(entry, held, still_held=False)
+            if self._leaked:
+                self.drain_leaked()
+
+    def _put_back(
+        self, entry: PooledConnection, reason: str | None, now: float, held: float, fresh: bool
+    ) -> None:
         handed = False
-        if self._leaked:
-            self.drain_leaked()
         if reason is None:
             with self._lock:
                 if self._closed:
@@ -426,8 +452,11 @@ class Pool:
         try:
             self.connector.close(entry.conn)
         finally:
-            self._count_discard(reason, **fields)
-            self._release_slot()
+            try:
+                self._release_slot()
+            finally:
+                # Logged last: a logger that raises or yields cannot cost the slot.
+                self._count_discard(reason, **fields)
 
     def _release_slot(self) -> None:
         with self._lock:
@@ -462,6 +491,8 @@ class Pool:
         checkin or reaper tick (or, under gevent, the event loop at once) frees it.
         """
         self.connector.abort(entry.conn)
+        if entry.generation != self._generation:
+            return  # the parent's: its slot was never counted here
         self._leaked.append(entry)
         _sync.call_soon(self.drain_leaked)
 
@@ -523,8 +554,7 @@ class Pool:
                 self._idle[:] = keep
                 # Still counted open (and in_use, as "closing") until closed below.
                 self._in_use += len(expired)
-        for entry, reason in expired:
-            self._discard(entry, reason)
+        self._discard_all([(entry, reason) for entry, reason in expired])
         if self._held is not None:
             for entry in list(self._held):
                 held = now - entry.checked_out_at
@@ -577,11 +607,24 @@ class Pool:
             idle, self._idle = self._idle, []
             self._in_use += len(idle)
             waiters, self._waiters = self._waiters, deque()
+            # Marked under the lock, so that a waiter timing out meanwhile sees it.
+            for waiter in waiters:
+                waiter.item = _CLOSED
         for waiter in waiters:
-            waiter.item = _CLOSED
             waiter.lock.release()
-        for entry in idle:
-            self._discard(entry, "shutdown")
+        self._discard_all([(entry, "shutdown") for entry in idle])
+
+    def _discard_all(self, entries: list[tuple[PooledConnection, str]]) -> None:
+        # Every one is closed and its slot freed even if one close is interrupted;
+        # the first BaseException is raised again at the end.
+        error: BaseException | None = None
+        for entry, reason in entries:
+            try:
+                self._discard(entry, reason)
+            except BaseException as exc:
+                error = error or exc
+        if error is not None:
+            raise error
 
     def after_fork(self) -> None:
         """Forget the parent's connections without touching their sockets' server side."""

@@ -531,3 +531,18 @@ def session_counters(request: HttpRequest) -> HttpResponse:
     return JsonResponse(
         {"conn_id": conn_id, "questions": int(questions), "com_admin_commands": int(admin)}
     )
+
+
+def call_procedure(request: HttpRequest) -> HttpResponse:
+    """Call the stored procedure ``leave_variable`` (which sets @from_procedure) via callproc."""
+    with connections[_alias(request)].cursor() as cursor:
+        cursor.callproc("leave_variable")
+    return JsonResponse({"conn_id": _one("SELECT CONNECTION_ID()", _alias(request))})
+
+
+def read_procedure_variable(request: HttpRequest) -> HttpResponse:
+    """What @from_procedure holds on this request's connection."""
+    with connections[_alias(request)].cursor() as cursor:
+        cursor.execute("SELECT CONNECTION_ID(), @from_procedure")
+        conn_id, value = cursor.fetchone()
+    return JsonResponse({"conn_id": conn_id, "value": value})
