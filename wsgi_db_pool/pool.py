@@ -220,7 +220,9 @@ class Pool:
             # Keep the slot: the stale connection's place goes to a new one.
             try:
                 self.connector.close(entry.conn)
-                self._count_discard(reason)
+                with self._lock:
+                    self._discards[reason] += 1
+                self._log_discard(reason)
             except BaseException:
                 self._release_slot()
                 raise
@@ -453,18 +455,24 @@ class Pool:
             self.connector.close(entry.conn)
         finally:
             try:
-                self._release_slot()
+                self._release_slot(reason)
             finally:
                 # Logged last: a logger that raises or yields cannot cost the slot.
-                self._count_discard(reason, **fields)
+                self._log_discard(reason, **fields)
 
-    def _release_slot(self) -> None:
+    def _release_slot(self, discarded: str | None = None) -> None:
         with self._lock:
-            if self._waiters and not self._closed:
-                self._hand_locked(_SLOT, time.monotonic())
-            else:
-                self._open -= 1
-                self._in_use -= 1
+            if discarded is not None:
+                self._discards[discarded] += 1
+            self._release_slot_locked()
+
+    def _release_slot_locked(self) -> None:
+        # A freed slot goes to the longest waiter, who may open a connection in it.
+        if self._waiters and not self._closed:
+            self._hand_locked(_SLOT, time.monotonic())
+        else:
+            self._open -= 1
+            self._in_use -= 1
 
     def _hand_locked(self, item: Any, now: float) -> None:
         # The longest waiter gets it; under the lock, so nobody can barge in.
@@ -475,9 +483,7 @@ class Pool:
         waiter.item = item
         waiter.lock.release()
 
-    def _count_discard(self, reason: str, **fields: Any) -> None:
-        with self._lock:
-            self._discards[reason] += 1
+    def _log_discard(self, reason: str, **fields: Any) -> None:
         if "held" in fields:
             fields["held"] = round(fields["held"], 6)
         self._log.info("db_pool.discard", **self._counts(), reason=reason, **fields)
@@ -516,11 +522,7 @@ class Pool:
             entry = self._leaked.popleft()
             drained.append(entry)
             self._discards["leak"] += 1
-            if self._waiters and not self._closed:
-                self._hand_locked(_SLOT, time.monotonic())
-            else:
-                self._open -= 1
-                self._in_use -= 1
+            self._release_slot_locked()
         return drained
 
     # -- upkeep -----------------------------------------------------------------
