@@ -91,8 +91,8 @@ def test_unknown_alias_is_checked_before_create_connection() -> None:
 
 
 def test_connection_storage_is_a_threading_local() -> None:
-    """`connections._connections` is an asgiref Local whose `_storage` is a threading.local."""
-    local = connections._connections
+    """Django's handler keeps an asgiref Local whose `_storage` is a threading.local."""
+    local = ConnectionHandler()._connections
     assert isinstance(local, Local)
     assert isinstance(local._storage, threading.local)
     fresh = Local(thread_critical=True)

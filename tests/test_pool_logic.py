@@ -19,15 +19,21 @@ from wsgi_db_pool.pool import Pool
 class _Log:
     def __init__(self) -> None:
         self.fail_on: str | None = None
+        # gevent re-raises KeyboardInterrupt from a greenlet in the main one.
+        self.fail_with: type[BaseException] = KeyboardInterrupt
 
     def _emit(self, event: str, **fields: Any) -> None:
         if event == self.fail_on:
-            raise KeyboardInterrupt(f"interrupted while logging {event}")
+            raise self.fail_with(f"interrupted while logging {event}")
 
     debug = info = warning = _emit
 
     def is_enabled_for(self, level: int) -> bool:
         return True
+
+
+class _Interrupted(BaseException):
+    pass
 
 
 class _Conn:
@@ -101,11 +107,16 @@ def test_an_interrupted_close_loses_no_slot(how: str) -> None:
         _all_slots_usable(pool, 3)
 
 
-@pytest.mark.parametrize("event", ["db_pool.discard", "db_pool.connect", "db_pool.checkout"])
+@pytest.mark.parametrize(
+    "event", ["db_pool.discard", "db_pool.connect", "db_pool.checkout", "db_pool.checkout reused"]
+)
 def test_a_logger_that_raises_loses_no_slot(event: str) -> None:
     """An event that raises (or is interrupted) while a slot is held does not keep the slot."""
     pool = _pool(pool_size=1)
     log: _Log = pool._log  # type: ignore[assignment]
+    if event.endswith(" reused"):
+        pool.checkin(pool.checkout())  # the next checkout takes the idle connection
+        event = event.removesuffix(" reused")
     log.fail_on = event
     if event == "db_pool.discard":
         entry = pool.checkout()
@@ -138,3 +149,88 @@ def test_entries_from_before_a_fork_are_not_counted_in_the_child() -> None:
     assert _counts(pool) == (0, 0, 0)
     _all_slots_usable(pool, 3)
     assert pool.stats()["discards"] == {}
+
+
+# -- the wait: a one-shot wakeup per waiting checkout ---------------------------------------
+
+
+def test_a_checkin_from_another_os_thread_wakes_the_waiter() -> None:
+    """A connection given back from a real OS thread reaches the greenlet waiting in the hub."""
+    import gevent
+    import gevent.monkey
+
+    start_thread = gevent.monkey.get_original("_thread", "start_new_thread")
+    pool = _pool(pool_size=1, timeout=30)
+    held = pool.checkout()
+    waiter = gevent.spawn(pool.checkout)
+    gevent.sleep(0)  # the waiter is queued
+    assert pool.stats()["waiting"] == 1
+    # Nothing else wakes the hub: only the checkin's own wakeup can end the wait before
+    # the waiter's 30 s deadline, and this fails the test first.
+    with gevent.Timeout(5, AssertionError("the waiter was not woken by the checkin")):
+        start_thread(pool.checkin, (held,))
+        got = waiter.get()
+    assert got is held
+    assert _counts(pool) == (1, 0, 1)
+    pool.checkin(got)
+
+
+def test_a_waiter_interrupted_after_its_handoff_gives_it_back() -> None:
+    """GreenletExit between the handoff and the waiter's resumption loses no connection."""
+    import gevent
+
+    pool = _pool(pool_size=1, timeout=30)
+    held = pool.checkout()
+    waiter = gevent.spawn(pool.checkout)
+    gevent.sleep(0)
+    waiter.kill(block=False)  # the GreenletExit is thrown in from the hub...
+    pool.checkin(held)  # ...before the wakeup of this handoff runs
+    waiter.join()
+    assert isinstance(waiter.value, gevent.GreenletExit)
+    assert _counts(pool) == (1, 1, 0), "the handed connection went back to the pool"
+    assert pool.checkout(timeout=0) is held
+
+
+def test_a_late_wakeup_never_resumes_a_greenlet_blocked_elsewhere() -> None:
+    """A waiter that timed out and then blocks on something else is not woken by a stale handoff."""
+    import gevent
+    import gevent.event
+
+    from wsgi_db_pool import _sync
+
+    wakeup = _sync.make_wakeup()
+    later = gevent.event.AsyncResult()
+    seen: list[object] = []
+
+    def wait_then_block() -> None:
+        wakeup.wait(0.001)  # times out
+        seen.append(later.get())
+
+    greenlet = gevent.spawn(wait_then_block)
+    gevent.sleep(0.01)  # the waiter timed out and now blocks on `later`
+    wakeup.set()  # a stale wakeup
+    gevent.idle()  # let the hub run it
+    assert not greenlet.dead, "the stale wakeup resumed the greenlet"
+    assert seen == [], "the stale wakeup resumed the greenlet"
+    later.set("value")
+    greenlet.join()
+    assert seen == ["value"]
+
+
+def test_a_logger_that_raises_in_a_handed_checkout_loses_no_slot() -> None:
+    """The checkout event of a waiter that was handed a connection raises: it goes back."""
+    import gevent
+
+    pool = _pool(pool_size=1, timeout=30)
+    held = pool.checkout()
+    waiter = gevent.spawn(pool.checkout)
+    gevent.sleep(0)
+    log: _Log = pool._log  # type: ignore[assignment]
+    log.fail_on = "db_pool.checkout"
+    log.fail_with = _Interrupted
+    pool.checkin(held)
+    waiter.join()
+    log.fail_on = None
+    assert isinstance(waiter.exception, _Interrupted)
+    assert _counts(pool) == (1, 1, 0)
+    assert pool.checkout(timeout=0) is held

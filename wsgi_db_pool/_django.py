@@ -21,7 +21,7 @@ from django.db import connections
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.utils import ConnectionHandler, load_backend
 
-from . import _mysql, _postgresql, _sqlite, _sync
+from . import _mysql, _postgresql, _sqlite, _storage, _sync
 from .errors import PoolError
 from .pool import Pool, PooledConnection
 
@@ -123,7 +123,7 @@ def dialect(alias: str) -> Any:
 # -- the seam ---------------------------------------------------------------------
 
 _django_create_connection = ConnectionHandler.create_connection
-# The handler's private storage (an asgiref Local), reached only here; tests pin it.
+# The handler's private storage (an asgiref Local, or ours), reached only here; tests pin it.
 _handler: Any = connections
 
 
@@ -141,23 +141,33 @@ def install() -> None:
 
 
 def fix_storage() -> bool:
-    """Make Django's connection storage greenlet-local if gevent patched after Django.
+    """Under gevent, give Django's handler our greenlet-local storage (see ``_storage``).
 
-    When ``django.db`` is imported before gevent's ``patch_all()`` (gunicorn
-    ``--preload`` with the gevent worker), ``connections`` keeps one real
-    thread-local that every greenlet shares. Rebuilding it now gives each greenlet
-    its own, as if the patch had come first. Returns True when it rebuilt.
+    When ``django.db`` was imported before gevent's ``patch_all()`` (gunicorn
+    ``--preload`` with the gevent worker), ``connections`` kept one real thread-local
+    that every greenlet shares: its bindings are dropped, as if the patch had come
+    first, and True is returned. Otherwise the current greenlet's bindings are
+    carried over. Other greenlets' bindings are left to Django's old storage
+    (requests run in greenlets of their own). Idempotent.
     """
     if not _sync.gevent_patched():
         return False
     import gevent.local
-    from asgiref.local import Local
 
-    storage = getattr(_handler._connections, "_storage", None)
-    if storage is None or isinstance(storage, gevent.local.local):
+    current = _handler._connections
+    storage_type = _storage.storage_type()
+    if type(current) is storage_type:
         return False
-    _handler._connections = Local(thread_critical=True)
-    return True
+    old = getattr(current, "_storage", None)
+    if old is None:
+        return False  # not asgiref's Local as we know it: leave it to Django
+    shared = not isinstance(old, gevent.local.local)
+    fresh = storage_type()
+    if not shared:
+        for alias, wrapper in old.__dict__.items():
+            setattr(fresh, alias, wrapper)
+    _handler._connections = fresh
+    return shared
 
 
 # -- one alias's connections ------------------------------------------------------

@@ -13,16 +13,11 @@ import contextlib
 import sys
 import threading
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Protocol
 
 # The longest wait a lock takes (threading.TIMEOUT_MAX is about 292 years); and past a
 # day, a deadline is no deadline.
 TIMEOUT_MAX = min(threading.TIMEOUT_MAX, 24 * 3600.0)
-
-
-def allocate_lock() -> Any:
-    """A lock from ``_thread`` as it is now: gevent's own once it has patched it."""
-    return _thread.allocate_lock()
 
 
 def allocate_native_lock() -> Any:
@@ -79,3 +74,74 @@ def call_soon(fn: Any) -> None:
         import gevent
 
         gevent.get_hub().loop.run_callback(fn)
+
+
+class Wakeup(Protocol):
+    """A one-shot signal for one waiting checkout: ``set()`` once, ``wait()`` once."""
+
+    def set(self) -> None:
+        """Wake the waiter; never blocks, never switches (called under the pool's lock)."""
+
+    def wait(self, seconds: float) -> None:
+        """Block until ``set()`` or ``seconds`` pass; the caller then reads what it got."""
+
+
+def make_wakeup() -> Wakeup:
+    """A wakeup for the current greenlet under gevent's patching, else for the thread."""
+    if gevent_patched():
+        return _GreenWakeup()
+    return _LockWakeup()
+
+
+class _LockWakeup:
+    __slots__ = ("_lock",)
+
+    def __init__(self) -> None:
+        self._lock = _thread.allocate_lock()
+        self._lock.acquire()
+
+    def set(self) -> None:
+        self._lock.release()
+
+    def wait(self, seconds: float) -> None:
+        self._lock.acquire(True, min(max(seconds, 0.0), TIMEOUT_MAX))
+
+
+_real_get_ident: Any = None
+
+
+class _GreenWakeup:
+    # A gevent lock with a timeout costs a Timeout exception object, a link and a
+    # notifier callback per wait; the hub's Waiter and one loop timer are all a
+    # one-shot handoff needs. Waiter.switch, run from the hub, is ignored once the
+    # waiter has stopped waiting (a late timer or wake-up is harmless).
+    __slots__ = ("_loop", "_thread", "_waiter")
+
+    def __init__(self) -> None:
+        global _real_get_ident
+        from gevent.hub import Waiter, get_hub
+
+        if _real_get_ident is None:
+            _real_get_ident = sys.modules["gevent.monkey"].get_original("_thread", "get_ident")
+        hub = get_hub()
+        self._loop = hub.loop
+        self._waiter = Waiter(hub)
+        self._thread = _real_get_ident()
+
+    def set(self) -> None:
+        if _real_get_ident() == self._thread:
+            self._loop.run_callback(self._waiter.switch, None)
+        else:
+            # Given back from another OS thread (gevent's threadpool, a real thread).
+            self._loop.run_callback_threadsafe(self._waiter.switch, None)
+
+    def wait(self, seconds: float) -> None:
+        if seconds >= TIMEOUT_MAX:
+            self._waiter.get()
+            return
+        timer = self._loop.timer(max(seconds, 0.0))
+        timer.start(self._waiter.switch, None)
+        try:
+            self._waiter.get()
+        finally:
+            timer.close()

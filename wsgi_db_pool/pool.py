@@ -92,13 +92,13 @@ class PooledConnection:
 
 
 class _Waiter:
-    __slots__ = ("item", "lock", "since")
+    __slots__ = ("item", "since", "wakeup")
 
     def __init__(self, since: float) -> None:
+        # Set under the pool's lock before the wakeup: what the waiter got.
         self.item: Any = None
         self.since = since
-        self.lock = _sync.allocate_lock()
-        self.lock.acquire()
+        self.wakeup = _sync.make_wakeup()
 
 
 class Pool:
@@ -200,10 +200,12 @@ class Pool:
             if got is _CLOSED:
                 raise PoolClosed(f"the pool of alias {self.name!r} is closed")
             if got is not _SLOT:
-                entry = got
+                # Handed over by a checkin moments ago, which found it open, checked
+                # its max_age and stamped it as ours: there was no idle time to check.
+                return self._handed_out(got, time.monotonic() - start)
         if entry is not None:
             # Straight from the idle stack, no time has passed worth a clock read.
-            now = start if waiter is None else time.monotonic()
+            now = start
             try:
                 reason = self._stale(entry, now, deadline)
             except BaseException:
@@ -214,9 +216,7 @@ class Pool:
                 entry.warned = False
                 if self._held is not None:
                     self._held.add(entry)
-                if self._debug:
-                    self._emit_debug("db_pool.checkout", reused=True, waited=now - start)
-                return entry
+                return self._handed_out(entry, 0.0)
             # Keep the slot: the stale connection's place goes to a new one.
             try:
                 self.connector.close(entry.conn)
@@ -228,9 +228,20 @@ class Pool:
                 raise
         return self._connect(start, deadline, counted=entry is not None)
 
+    def _handed_out(self, entry: PooledConnection, waited: float) -> PooledConnection:
+        if self._debug:
+            try:
+                self._emit_debug("db_pool.checkout", reused=True, waited=waited)
+            except BaseException:
+                # The logger raised, or the caller was interrupted in it: nobody
+                # holds the connection yet.
+                self.checkin(entry)
+                raise
+        return entry
+
     def _wait(self, waiter: _Waiter, start: float, deadline: float) -> Any:
         try:
-            waiter.lock.acquire(True, min(max(deadline - time.monotonic(), 0.0), _sync.TIMEOUT_MAX))
+            waiter.wakeup.wait(deadline - time.monotonic())
         except BaseException:
             # gevent.Timeout or GreenletExit while waiting: give back what may have come.
             self._abandon(waiter)
@@ -481,7 +492,7 @@ class Pool:
         self._wait_sum += waited
         self._wait_buckets[bisect_left(WAIT_BUCKETS, waited)] += 1
         waiter.item = item
-        waiter.lock.release()
+        waiter.wakeup.set()
 
     def _log_discard(self, reason: str, **fields: Any) -> None:
         if "held" in fields:
@@ -613,7 +624,7 @@ class Pool:
             for waiter in waiters:
                 waiter.item = _CLOSED
         for waiter in waiters:
-            waiter.lock.release()
+            waiter.wakeup.set()
         self._discard_all([(entry, "shutdown") for entry in idle])
 
     def _discard_all(self, entries: list[tuple[PooledConnection, str]]) -> None:
