@@ -298,6 +298,29 @@ def test_leaked_response_is_reclaimed(
         mw.close()
 
 
+def test_a_response_dropped_in_its_own_greenlet_leaves_nothing_bound(
+    django_app: Any, server: Server
+) -> None:
+    """The greenlet that dropped a response goes on: its next request gets a live connection."""
+    mw = PoolingMiddleware(django_app, aliases=["default"], pool_size=1, max_overflow=0)
+    try:
+
+        def drop_then_serve() -> tuple[bool, int, int]:
+            result = mw(make_environ("/stream/"), lambda status, headers, exc_info=None: None)
+            leaked = int(next(iter(result)))
+            del result  # never closed: reclaimed here, in this greenlet
+            gc.collect()
+            still_bound = hasattr(connections._connections, "default")
+            return still_bound, leaked, request(mw, "/read/").json()["conn_id"]
+
+        still_bound, leaked, fresh = gevent.spawn(drop_then_serve).get()
+        assert still_bound is False
+        assert fresh != leaked
+        assert server.wait_count(1) == 1
+    finally:
+        mw.close()
+
+
 def test_request_in_a_greenlet_with_a_bound_wrapper_still_uses_the_pool(
     pooled: Pooled, server: Server
 ) -> None:

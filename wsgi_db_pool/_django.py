@@ -497,8 +497,16 @@ class Lease:
         """Take back what was never released (a response nobody closed): no I/O, no lock."""
         self.active = False
         held, self.held = self.held, None
+        # Collected in the greenlet that held them (it dropped the response and
+        # goes on): unbind there too, or its next request would find them bound.
+        mine = self.owner == _sync.get_ident()
         for alias, entry in held or ():
+            if mine:
+                _unbind(alias, entry.conn)
             self.pools[alias].reclaim(entry)
+        if mine and self.aside is not None:
+            _bound().update(self.aside)
+            self.aside = None
 
 
 def _bound() -> dict[str, Any]:
