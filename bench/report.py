@@ -236,29 +236,47 @@ def targets(
     micro = results.get("micro")
     if micro:
         req = micro["requests"]
-        overhead = req["modes"]["filtered"]["overhead_us"]["touch"]
+        filtered = req["modes"]["filtered"]
+        overhead = filtered["overhead_us"]["touch"]
+        alone = filtered.get("checkout_giveback_us", {}).get("touch")
+        nodb_added = filtered["overhead_us"]["nodb"]
         nodb_inproc = req["stock"]["nodb"]["min_us"]
         served = main.get(("stock60", "nodb", 200)) or main.get(("ours", "nodb", 200))
         served_us = 1e6 / served["rps"] if served and served["rps"] else None
-        ok = overhead < 20 and served_us is not None and overhead < 0.02 * served_us
-        text = f"{overhead:.1f} µs per request"
-        if served_us:
-            text += (
-                f" = {100 * overhead / served_us:.1f}% of a served no-DB request "
-                f"({served_us:.0f} µs = 1 / its req/s at 200 clients)"
-            )
-        text += (
-            f"; {100 * overhead / nodb_inproc:.0f}% of the no-DB request's in-process cost "
-            f"({nodb_inproc:.0f} µs, Django's handler alone)"
-        )
+        # What the middleware adds to a request that never queries, against that request.
+        ok = nodb_added < 0.02 * nodb_inproc
         rows.append(
             [
-                "middleware overhead, events filtered: < 20 µs and < 2% of a no-DB request",
-                text,
-                pass_fail(ok if served_us is not None else None),
+                "middleware overhead on a no-DB request, events filtered: < 2% of it",
+                f"{nodb_added:+.1f} µs on Django's {nodb_inproc:.0f} µs in-process no-DB request "
+                f"({100 * nodb_added / nodb_inproc:+.1f}%)",
+                pass_fail(ok),
             ]
         )
-        verdicts.append(("overhead", ok if served_us is not None else None))
+        verdicts.append(("overhead_nodb", ok))
+        ok = overhead < 20 and (alone is None or alone < 20)
+        text = f"{overhead:.1f} µs against stock Django"
+        if alone is not None:
+            text += f" ({alone:.1f} µs against stock Django with the middleware's storage)"
+        rows.append(
+            [
+                "checkout + giveback per request that queries, events filtered: < 20 µs",
+                text,
+                pass_fail(ok),
+            ]
+        )
+        verdicts.append(("overhead", ok))
+        if served_us is not None:
+            ok = overhead < 0.02 * served_us
+            rows.append(
+                [
+                    "the same, read strictly: < 2% of a served no-DB request",
+                    f"{100 * overhead / served_us:.1f}% of {served_us:.0f} µs (1 / the no-DB "
+                    "view's req/s at 200 clients)",
+                    pass_fail(ok),
+                ]
+            )
+            verdicts.append(("overhead_strict", ok))
         book = micro["pools"].get("wsgi_db_pool Pool", {}).get("min_us")
         if book is not None:
             ok = book < 2.0
