@@ -24,6 +24,7 @@ module opens no connection.
 from __future__ import annotations
 
 import atexit
+import collections
 import json
 import os
 import sys
@@ -230,6 +231,14 @@ urlpatterns = [
 
 application: Any = get_wsgi_application()
 
+
+class _NewestFirst(collections.deque):  # type: ignore[type-arg]
+    """A deque whose popleft() takes the newest item: the pool's waiters served LIFO."""
+
+    def popleft(self) -> Any:
+        return self.pop()
+
+
 if CONFIG == "dbpooling":
     from django_db_pooling import pooling
 
@@ -238,6 +247,14 @@ if CONFIG == "dbpooling":
     pooling.apply_patch()
 elif CONFIG == "ours":
     from wsgi_db_pool import PoolingMiddleware
+
+    if os.environ.get("BENCH_HANDOFF", "fifo") == "lifo":
+        # The order experiment only (run.py's "order" phase): a freed connection goes
+        # to the newest waiter instead of the oldest, everything else unchanged, to
+        # measure what first come, first served costs. Never a setting of the library.
+        from wsgi_db_pool import pool as _pool
+
+        _pool.deque = _NewestFirst  # type: ignore[attr-defined,misc]
 
     application = PoolingMiddleware(
         application, pool_size=POOL_SIZE, max_overflow=MAX_OVERFLOW, timeout=POOL_TIMEOUT

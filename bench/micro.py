@@ -131,8 +131,8 @@ class Stock:
     def __init__(self) -> None:
         self.wrapper = connections["default"]
         self.wrapper.ensure_connection()
-        # Django's own storage (asgiref's Local): the middleware gives the handler a
-        # faster one of its own at its first request, for every request after.
+        # Django's own storage (asgiref's Local): a middleware, once made, gives the
+        # handler a faster one of its own.
         self.django_storage = connections._connections
 
     @contextlib.contextmanager
@@ -216,7 +216,7 @@ def measure_requests(
                 stock_call = request(app.application, path)
                 pooled_call = request(middleware, path)
                 with stock.unbound():
-                    pooled_call()  # warm; the first one installs the middleware's storage
+                    pooled_call()  # warm
                 with stock.django_storage_in_use():
                     stock_call()  # warm
                     stock_blocks[view].append(per_call_us(stock_call, number))

@@ -402,6 +402,9 @@ def write(results: dict[str, Any], directory: Path) -> list[Path]:
     fair = results.get("fairness")
     if fair:
         lines += fairness_section(fair)
+    order = order_section(results)
+    if order:
+        lines += order
     path = directory / "RESULTS.md"
     path.write_text("\n".join(lines).rstrip() + "\n")
     return [path] + ([png] if plotted else [])
@@ -623,13 +626,61 @@ def profile_section(prof: dict[str, Any], micro: dict[str, Any] | None) -> list[
     return [*lines, ""]
 
 
+def order_section(results: dict[str, Any]) -> list[str]:
+    """Ours first come first served, ours newest first, the unfair peer: same run, same load."""
+    runs = results.get("runs", [])
+    variants = [
+        ("order-fifo", "ours", "wsgi_db_pool as shipped: the oldest waiter first (FIFO)"),
+        ("order-lifo", "ours", "wsgi_db_pool with the newest waiter first (LIFO, experiment)"),
+        ("order", "dbpooling", LABELS["dbpooling"]),
+    ]
+    cells = []
+    for phase, config, label in variants:
+        cell = group(runs, phase).get((config, "pk", 200))
+        if cell is not None:
+            cells.append((label, cell))
+    if not cells:
+        return []
+    when = results.get("order_run", {}).get("measured")
+    lines = [
+        "## What first come, first served costs",
+        "",
+        "The primary-key read at 200 clients again, interleaved round by round: wsgi_db_pool "
+        "as shipped; the same code with one change, a freed connection handed to the newest "
+        "waiter instead of the oldest (bench/app.py `BENCH_HANDOFF=lifo`; an experiment, "
+        "not a setting); and django-db-pooling, whose queue lets a running greenlet take a "
+        "freed connection ahead of the waiters."
+        + (f" Measured {when}, after the run above, on the same machine." if when else ""),
+        "",
+    ]
+    best = max(cell["rps"] for _label, cell in cells)
+    rows = [
+        [
+            label,
+            f"{cell['rps']:.0f}" + (f" (n={cell['n']})" if cell["n"] > 1 else ""),
+            f"{cell['rps'] / best:.2f}",
+            ms(cell["p50"]),
+            ms(cell["p99"]),
+            ms(cell["max"]),
+            str(cell["errors"]),
+        ]
+        for label, cell in cells
+    ]
+    lines += table(
+        ["pk read, 200 clients", "req/s", "÷ fastest", "p50 ms", "p99 ms", "max ms", "errors"],
+        rows,
+    )
+    return [*lines, ""]
+
+
 def fairness_section(fair: dict[str, Any]) -> list[str]:
     lines = [
         "## Fairness",
         "",
         f"bench/fairness.py: {fair['greenlets']} greenlets share {fair['connections']} "
         f"connections for {fair['seconds']:g} s; each checks out, holds for "
-        f"{fair['hold_ms']:g} ms, checks in and asks again at once.",
+        f"{fair['hold_ms']:g} ms, checks in and asks again at once."
+        + (f" Measured {fair['measured']}, after the run above." if fair.get("measured") else ""),
         "",
     ]
     rows = []
@@ -644,6 +695,7 @@ def fairness_section(fair: dict[str, Any]) -> list[str]:
                 f"{wait['median']:g}",
                 f"{wait['p99']:g}",
                 f"{wait['max']:g}",
+                f"{r['cpu_us_per_checkout']:.2f}" if "cpu_us_per_checkout" in r else "",
             ]
         )
     lines += table(
@@ -655,9 +707,19 @@ def fairness_section(fair: dict[str, Any]) -> list[str]:
             "wait median ms",
             "wait p99 ms",
             "longest wait ms",
+            "CPU µs per contended checkout",
         ],
         rows,
     )
+    lines += [
+        "",
+        "CPU per contended checkout: the same 200 greenlets on 20 connections, each holding "
+        "a connection for one yield instead of 2 ms, so that the process does nothing but "
+        "hand connections over: process CPU time over 2 s divided by the checkouts "
+        "(checkout, one switch, checkin). In a fair pool every such checkout waits its turn "
+        "(a greenlet switch out and back); in the queue pool the greenlet that gave a "
+        "connection back mostly takes it again without waiting.",
+    ]
     return [*lines, ""]
 
 

@@ -79,6 +79,9 @@ class Plan:
     micro: bool = True
     fairness_s: float = 5.0
     profile_s: float = 10.0
+    # Rounds of the order experiment: pk read at 200 clients, ours FIFO against ours
+    # LIFO (bench/app.py BENCH_HANDOFF) against django-db-pooling, interleaved.
+    order_rounds: int = 0
     notes: list[str] = field(default_factory=list)
 
 
@@ -96,6 +99,7 @@ def full_plan() -> Plan:
         warmup_s=1,
         limit_clients=[50, 200, 500, 1000],
         limit_duration_s=6,
+        order_rounds=3,
     )
 
 
@@ -110,6 +114,7 @@ def quick_plan() -> Plan:
         limit_duration_s=3,
         fairness_s=2.0,
         profile_s=4.0,
+        order_rounds=1,
         notes=["quick mode: one round, 3 s runs, 2 s tail; medians are single runs"],
     )
 
@@ -444,6 +449,39 @@ def run_one(
     return record
 
 
+# -- what first come, first served costs ---------------------------------------------------
+
+ORDER_VARIANTS = (("ours", "fifo"), ("ours", "lifo"), ("dbpooling", None))
+
+
+def run_order(plan: Plan, out: Path, server: Server) -> list[dict[str, Any]]:
+    """pk read at 200: ours as shipped, ours handing off to the newest waiter, the peer."""
+    records = []
+    for round_no in range(1, plan.order_rounds + 1):
+        print(f"order experiment, round {round_no}/{plan.order_rounds}", flush=True)
+        for config, handoff in ORDER_VARIANTS:
+            if config not in plan.configs:
+                continue
+            os.environ["BENCH_HANDOFF"] = handoff or "fifo"
+            try:
+                record = run_one(
+                    f"order-{handoff}" if handoff else "order",
+                    round_no,
+                    config,
+                    "pk",
+                    200,
+                    plan,
+                    plan.duration_s,
+                    out,
+                    server,
+                )
+            finally:
+                os.environ.pop("BENCH_HANDOFF", None)
+            record["handoff"] = handoff
+            records.append(record)
+    return records
+
+
 # -- the other measurements, in processes of their own ------------------------------------
 
 
@@ -542,6 +580,11 @@ def main(argv: list[str] | None = None) -> int:
         "--report-dir", type=Path, default=None, help="where RESULTS.md and results.png go"
     )
     parser.add_argument("--skip-load", action="store_true", help="micro and fairness only")
+    parser.add_argument(
+        "--order-only",
+        action="store_true",
+        help="run only the order experiment and merge it into an existing results.json",
+    )
     args = parser.parse_args(argv)
 
     plan = smoke_plan() if args.smoke else quick_plan() if args.quick else full_plan()
@@ -569,6 +612,8 @@ def main(argv: list[str] | None = None) -> int:
     server = Server()
     restore_stale_max_connections(server)
     create_table()
+    if args.order_only:
+        return order_only(plan, out, report_dir, server)
     results: dict[str, Any] = {
         "plan": {
             "name": plan.name,
@@ -643,6 +688,9 @@ def main(argv: list[str] | None = None) -> int:
                             results["runs"].append(record)
                             save()
                 print(f"max_connections restored to {old}", flush=True)
+            if plan.order_rounds:
+                results["runs"] += run_order(plan, out, server)
+                save()
         if plan.micro:
             print("microbenchmark", flush=True)
             quick = ["--quick"] if plan.name != "full" else []
@@ -669,6 +717,33 @@ def main(argv: list[str] | None = None) -> int:
 
     written = report.write(results, report_dir)
     print(f"done in {results['elapsed_s']:.0f} s: " + ", ".join(str(p) for p in written))
+    return 0
+
+
+def order_only(plan: Plan, out: Path, report_dir: Path, server: Server) -> int:
+    """Run the order experiment alone and merge it into the last run's results.json."""
+    results_path = out / "results.json"
+    if not results_path.exists():
+        print(f"--order-only merges into {results_path}, which is missing", file=sys.stderr)
+        return 2
+    results: dict[str, Any] = json.loads(results_path.read_text())
+    plan.order_rounds = plan.order_rounds or 1
+    loadavg = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    try:
+        records = run_order(plan, out, server)
+    finally:
+        server.close()
+    results["runs"] = [r for r in results["runs"] if not r["phase"].startswith("order")]
+    results["runs"] += records
+    results["order_run"] = {
+        "measured": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        "loadavg_start": loadavg,
+    }
+    results_path.write_text(json.dumps(results, indent=1))
+    import report
+
+    written = report.write(results, report_dir)
+    print("order experiment merged: " + ", ".join(str(p) for p in written))
     return 0
 
 

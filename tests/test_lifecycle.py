@@ -321,6 +321,37 @@ def test_a_response_dropped_in_its_own_greenlet_leaves_nothing_bound(
         mw.close()
 
 
+def test_a_late_reclaim_leaves_the_running_requests_connection_bound(
+    make_pooled: Callable[..., Pooled],
+) -> None:
+    """A dropped response collected during the greenlet's next request leaves that one alone."""
+    from wsgi_db_pool import _django
+
+    pooled = make_pooled(pool_size=2, max_overflow=0)
+    pools = pooled.mw.pools
+
+    def two_requests() -> tuple[Any, Any]:
+        connections["default"] = object()  # bound before any request: set aside
+        first = _django.Lease(pools, "/first", False)
+        first.set_aside()
+        token = _django.current_lease.set(first)
+        connections["default"].ensure_connection()
+        _django.current_lease.reset(token)  # its response is dropped, never closed
+        second = _django.Lease(pools, "/second", False)
+        second.set_aside()
+        token = _django.current_lease.set(second)
+        mine = connections["default"]
+        mine.ensure_connection()
+        first.reclaim()  # the dropped response is collected now
+        seen = connections["default"]
+        second.finish(token)
+        return mine, seen
+
+    mine, seen = gevent.spawn(two_requests).get()
+    assert seen is mine
+    assert pooled.stats()["in_use"] == 0
+
+
 def test_request_in_a_greenlet_with_a_bound_wrapper_still_uses_the_pool(
     pooled: Pooled, server: Server
 ) -> None:

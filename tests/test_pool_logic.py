@@ -234,3 +234,21 @@ def test_a_logger_that_raises_in_a_handed_checkout_loses_no_slot() -> None:
     assert isinstance(waiter.exception, _Interrupted)
     assert _counts(pool) == (1, 1, 0)
     assert pool.checkout(timeout=0) is held
+
+
+def test_a_wait_never_ends_before_its_timeout_after_busy_greenlets() -> None:
+    """The loop's cached clock lags behind CPU-bound greenlets; the deadline does not."""
+    import time
+
+    import gevent
+
+    pool = _pool(pool_size=1, timeout=0.2)
+    held = pool.checkout()
+    gevent.sleep(0.001)  # resumed by a timer: the loop's clock stands still until it runs again
+    busy_until = time.perf_counter() + 0.3
+    while time.perf_counter() < busy_until:
+        pass
+    with pytest.raises(PoolTimeout) as info:
+        pool.checkout()
+    assert info.value.waited >= 0.2, "the checkout gave up before its timeout"
+    pool.checkin(held)

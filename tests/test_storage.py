@@ -33,13 +33,15 @@ def handler(monkeypatch: pytest.MonkeyPatch) -> ConnectionHandler:
     """A handler of Django's own, as the middleware leaves `connections`."""
     handler = ConnectionHandler()
     monkeypatch.setattr(_django, "_handler", handler)
-    assert _django.fix_storage() is False  # its storage was greenlet-local already
+    _django.install_storage()
     assert type(handler._connections) is _storage.storage_type()
+    assert _django.fix_storage() is False  # nothing to fix: greenlet-local already
     return handler
 
 
 def test_the_middleware_gives_connections_the_storage(pooled: Any) -> None:
-    """After a request through the middleware, `connections` uses the storage."""
+    """Once a middleware is made, `connections` uses the storage."""
+    assert type(connections._connections) is _storage.storage_type()
     pooled.get("/read/")
     assert type(connections._connections) is _storage.storage_type()
 
@@ -96,14 +98,31 @@ def test_inside_an_event_loop_bindings_are_per_context(handler: ConnectionHandle
 
 
 def test_carries_over_this_greenlets_bindings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Made where the middleware is made: what this greenlet bound stays bound, once."""
     handler = ConnectionHandler()
     monkeypatch.setattr(_django, "_handler", handler)
     wrapper = object()
     handler["default"] = wrapper
-    assert _django.fix_storage() is False
+    _django.install_storage()
+    storage = handler._connections
+    assert type(storage) is _storage.storage_type()
     assert handler["default"] is wrapper
-    assert _django.fix_storage() is False  # idempotent
+    _django.install_storage()  # idempotent
+    assert handler._connections is storage
     assert handler["default"] is wrapper
+
+
+def test_a_request_never_replaces_a_greenlet_local_storage(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The first request leaves Django's greenlet-local storage alone: others' bindings stay."""
+    handler = ConnectionHandler()
+    monkeypatch.setattr(_django, "_handler", handler)
+    storage = handler._connections
+    handler["default"] = mine = object()
+    assert gevent.spawn(_django.fix_storage).get() is False
+    assert handler._connections is storage
+    assert handler["default"] is mine
 
 
 def test_a_storage_shared_by_every_greenlet_is_replaced_and_reported(

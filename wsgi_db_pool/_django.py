@@ -31,6 +31,7 @@ __all__ = [
     "current_lease",
     "fix_storage",
     "install",
+    "install_storage",
     "poolable_aliases",
     "resolve_aliases",
 ]
@@ -140,34 +141,54 @@ def install() -> None:
         connections.create_connection = _create_connection  # type: ignore[method-assign]
 
 
-def fix_storage() -> bool:
-    """Under gevent, give Django's handler our greenlet-local storage (see ``_storage``).
+def install_storage() -> None:
+    """Under gevent, give Django's handler our storage (see ``_storage``); idempotent.
 
-    When ``django.db`` was imported before gevent's ``patch_all()`` (gunicorn
-    ``--preload`` with the gevent worker), ``connections`` kept one real thread-local
-    that every greenlet shares: its bindings are dropped, as if the patch had come
-    first, and True is returned. Otherwise the current greenlet's bindings are
-    carried over. Other greenlets' bindings are left to Django's old storage
-    (requests run in greenlets of their own). Idempotent.
+    Done when the middleware is made, normally while the WSGI module is imported and
+    nothing but the current greenlet has bound a connection: its bindings are carried
+    over. Bindings other greenlets made before would stay behind in Django's old
+    storage, so it is never done later, while requests run.
+    """
+    if not _sync.gevent_patched():
+        return
+    import gevent.local
+
+    current = _handler._connections
+    storage_type = _storage.storage_type()
+    if type(current) is storage_type:
+        return
+    old = getattr(current, "_storage", None)
+    if not isinstance(old, gevent.local.local):
+        return  # shared by every greenlet (fix_storage's case) or not asgiref's: leave it
+    fresh = storage_type()
+    aliases = _handler.settings
+    for alias, wrapper in old.__dict__.items():
+        if alias in aliases:  # not asgiref's own entries
+            setattr(fresh, alias, wrapper)
+    _handler._connections = fresh
+
+
+def fix_storage() -> bool:
+    """Make Django's connection storage greenlet-local if gevent patched after Django.
+
+    When ``django.db`` is imported before gevent's ``patch_all()`` (gunicorn
+    ``--preload`` with the gevent worker), ``connections`` keeps one real
+    thread-local that every greenlet shares. Replacing it (with ours) at the first
+    request gives each greenlet its own, as if the patch had come first; what was
+    bound in it is dropped. Returns True when it replaced it.
     """
     if not _sync.gevent_patched():
         return False
     import gevent.local
 
     current = _handler._connections
-    storage_type = _storage.storage_type()
-    if type(current) is storage_type:
+    if type(current) is _storage.storage_type():
         return False
     old = getattr(current, "_storage", None)
-    if old is None:
-        return False  # not asgiref's Local as we know it: leave it to Django
-    shared = not isinstance(old, gevent.local.local)
-    fresh = storage_type()
-    if not shared:
-        for alias, wrapper in old.__dict__.items():
-            setattr(fresh, alias, wrapper)
-    _handler._connections = fresh
-    return shared
+    if old is None or isinstance(old, gevent.local.local):
+        return False
+    _handler._connections = _storage.storage_type()()
+    return True
 
 
 # -- one alias's connections ------------------------------------------------------
@@ -498,15 +519,16 @@ class Lease:
         self.active = False
         held, self.held = self.held, None
         # Collected in the greenlet that held them (it dropped the response and
-        # goes on): unbind there too, or its next request would find them bound.
+        # goes on): unbind them there too, or its next request would find them
+        # bound. Only those very wrappers: a later request of the same greenlet
+        # may be running, with its own bound. Wrappers set aside stay aside.
         mine = self.owner == _sync.get_ident()
         for alias, entry in held or ():
-            if mine:
-                _unbind(alias, entry.conn)
-            self.pools[alias].reclaim(entry)
-        if mine and self.aside is not None:
-            _bound().update(self.aside)
-            self.aside = None
+            try:
+                if mine:
+                    _unbind(alias, entry.conn)
+            finally:
+                self.pools[alias].reclaim(entry)
 
 
 def _bound() -> dict[str, Any]:

@@ -9,7 +9,8 @@ miss raises ``AttributeError`` twice. A request pays that on each
 request's greenlet, so ours is gevent's ``local`` itself: a hit is a C lookup, and
 only a miss or a store runs Python. Where an event loop does run in the thread, stores
 and misses go to an asgiref Local as Django's would (bindings made outside the loop
-stay visible to it; Django refuses database use from async code anyway).
+stay visible to it; Django refuses database use from async code anyway). Under gevent a
+loop one greenlet runs is seen by every greenlet of the thread, here as in asgiref.
 """
 
 from __future__ import annotations

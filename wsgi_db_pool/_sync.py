@@ -119,13 +119,14 @@ class _GreenWakeup:
 
     def __init__(self) -> None:
         global _real_get_ident
-        from gevent.hub import Waiter, get_hub
-
+        # Made under the pool's lock: no import statement (gevent.hub is loaded by
+        # the patching that brought us here), and get_hub() only reads the thread's.
+        hub_module = sys.modules["gevent.hub"]
         if _real_get_ident is None:
             _real_get_ident = sys.modules["gevent.monkey"].get_original("_thread", "get_ident")
-        hub = get_hub()
+        hub = hub_module.get_hub()
         self._loop = hub.loop
-        self._waiter = Waiter(hub)
+        self._waiter = hub_module.Waiter(hub)
         self._thread = _real_get_ident()
 
     def set(self) -> None:
@@ -136,11 +137,10 @@ class _GreenWakeup:
             self._loop.run_callback_threadsafe(self._waiter.switch, None)
 
     def wait(self, seconds: float) -> None:
-        if seconds >= TIMEOUT_MAX:
-            self._waiter.get()
-            return
-        timer = self._loop.timer(max(seconds, 0.0))
-        timer.start(self._waiter.switch, None)
+        # update=True: the loop's cached time lags by whatever CPU the greenlets run
+        # in this iteration took, and the timer would fire early by as much.
+        timer = self._loop.timer(min(max(seconds, 0.0), TIMEOUT_MAX))
+        timer.start(self._waiter.switch, None, update=True)
         try:
             self._waiter.get()
         finally:

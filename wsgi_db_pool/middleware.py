@@ -134,6 +134,7 @@ class PoolingMiddleware:
         self._ready = False
         self._stop: threading.Event | None = None
         _django.install()
+        _django.install_storage()
         _live.add(self)
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:

@@ -200,12 +200,10 @@ class Pool:
             if got is _CLOSED:
                 raise PoolClosed(f"the pool of alias {self.name!r} is closed")
             if got is not _SLOT:
-                # Handed over by a checkin moments ago, which found it open, checked
-                # its max_age and stamped it as ours: there was no idle time to check.
-                return self._handed_out(got, time.monotonic() - start)
+                entry = got
         if entry is not None:
             # Straight from the idle stack, no time has passed worth a clock read.
-            now = start
+            now = start if waiter is None else time.monotonic()
             try:
                 reason = self._stale(entry, now, deadline)
             except BaseException:
@@ -216,7 +214,7 @@ class Pool:
                 entry.warned = False
                 if self._held is not None:
                     self._held.add(entry)
-                return self._handed_out(entry, 0.0)
+                return self._handed_out(entry, now - start)
             # Keep the slot: the stale connection's place goes to a new one.
             try:
                 self.connector.close(entry.conn)
@@ -240,19 +238,24 @@ class Pool:
         return entry
 
     def _wait(self, waiter: _Waiter, start: float, deadline: float) -> Any:
-        try:
-            waiter.wakeup.wait(deadline - time.monotonic())
-        except BaseException:
-            # gevent.Timeout or GreenletExit while waiting: give back what may have come.
-            self._abandon(waiter)
-            raise
-        with self._lock:
-            item = waiter.item
-            if item is None:
-                # Timed out, and no handoff raced in before the lock.
-                self._waiters.remove(waiter)
-                self._timeouts += 1
-                error = self._timeout_error(time.monotonic() - start)
+        while True:
+            try:
+                waiter.wakeup.wait(deadline - time.monotonic())
+            except BaseException:
+                # gevent.Timeout or GreenletExit while waiting: give back what may have come.
+                self._abandon(waiter)
+                raise
+            with self._lock:
+                item = waiter.item
+                if item is None and time.monotonic() >= deadline:
+                    # Timed out, and no handoff raced in before the lock.
+                    self._waiters.remove(waiter)
+                    self._timeouts += 1
+                    error = self._timeout_error(time.monotonic() - start)
+                    break
+            if item is not None:
+                break
+            # Woken before the deadline with nothing handed over: wait again.
         if item is None:
             self._log.warning("db_pool.timeout", **self._counts(), waited=error.waited)
             raise error
