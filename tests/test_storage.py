@@ -18,14 +18,7 @@ from django.db.utils import ConnectionHandler
 
 from wsgi_db_pool import _django, _storage
 
-
-class _Counting:
-    def __init__(self) -> None:
-        self.calls: list[str] = []
-
-    def __call__(self, alias: str) -> object:
-        self.calls.append(alias)
-        return object()
+from .test_contract import _Counting
 
 
 @pytest.fixture
