@@ -33,17 +33,18 @@ def connect_app_user(**kw: object):  # type: ignore[no-untyped-def]
     """A PyMySQL connection as the bench user, outside Django."""
     import pymysql
 
-    return pymysql.connect(
-        host=DB_HOST,
-        port=DB_PORT,
-        user=DB_USER,
-        password=DB_USER,
-        database=DB_NAME,
-        ssl_disabled=True,
-        autocommit=True,
-        connect_timeout=5,
-        **kw,
-    )
+    options: dict[str, object] = {
+        "host": DB_HOST,
+        "port": DB_PORT,
+        "user": DB_USER,
+        "password": DB_USER,
+        "database": DB_NAME,
+        "ssl_disabled": True,
+        "autocommit": True,
+        "connect_timeout": 5,
+    }
+    options.update(kw)
+    return pymysql.connect(**options)
 
 
 def connect_root():  # type: ignore[no-untyped-def]

@@ -53,7 +53,7 @@ if not gevent.monkey.is_module_patched("socket"):
 os.environ["BENCH_CONFIG"] = "stock60"  # Django's own handler; we wrap it ourselves
 import app  # noqa: E402
 import structlog  # noqa: E402
-from _common import DB_HOST, DB_NAME, DB_PORT, DB_USER, create_table  # noqa: E402
+from _common import connect_app_user, create_table  # noqa: E402
 from django.db import connections  # noqa: E402
 
 from wsgi_db_pool import PoolingMiddleware, _mysql  # noqa: E402
@@ -340,8 +340,6 @@ def measure_pieces(stock: Stock, repeats: int, number: int) -> dict[str, Timing]
 
 
 def measure_pools(stock: Stock, repeats: int, number: int) -> dict[str, Any]:
-    import pymysql
-
     results: dict[str, Any] = {}
     loops: dict[str, Callable[[], None]] = {}
     closers: list[Callable[[], None]] = []
@@ -355,15 +353,7 @@ def measure_pools(stock: Stock, repeats: int, number: int) -> dict[str, Any]:
     closers.append(middleware.close)
 
     def pymysql_creator() -> Any:
-        return pymysql.connect(
-            host=DB_HOST,
-            port=DB_PORT,
-            user=DB_USER,
-            password=DB_USER,
-            database=DB_NAME,
-            ssl_disabled=True,
-            connect_timeout=5,
-        )
+        return connect_app_user(autocommit=False)  # PyMySQL's default, as QueuePool expects
 
     try:
         from sqlalchemy.pool import QueuePool

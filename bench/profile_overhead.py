@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -61,18 +62,23 @@ print("UNPROFILED_US", unprofiled)
 """
 
 
-def _frames(path: Path, inside: str) -> tuple[collections.Counter[str], int]:
-    """Inclusive sample counts per frame (file and function, no line) under ``inside``."""
-    inclusive: collections.Counter[str] = collections.Counter()
-    total = 0
+def _samples(path: Path, inside: str) -> Iterator[tuple[list[str], int]]:
+    """py-spy's raw stacks (outermost frame first) and their counts, those under ``inside``."""
     for line in path.read_text().splitlines():
         stack, _, count_text = line.rpartition(" ")
         if not count_text.isdigit():
             continue
         frames = stack.split(";")
-        if not any(inside in frame for frame in frames):
+        if inside and not any(inside in frame for frame in frames):
             continue
-        count = int(count_text)
+        yield frames, int(count_text)
+
+
+def _frames(path: Path, inside: str) -> tuple[collections.Counter[str], int]:
+    """Inclusive sample counts per frame (file and function, no line) under ``inside``."""
+    inclusive: collections.Counter[str] = collections.Counter()
+    total = 0
+    for frames, count in _samples(path, inside):
         total += count
         seen = set()
         for frame in frames:
@@ -103,14 +109,7 @@ def _attributed(path: Path, inside: str) -> tuple[collections.Counter[str], int]
     """
     charged: collections.Counter[str] = collections.Counter()
     total = 0
-    for line in path.read_text().splitlines():
-        stack, _, count_text = line.rpartition(" ")
-        if not count_text.isdigit():
-            continue
-        frames = stack.split(";")
-        if inside and not any(inside in frame for frame in frames):
-            continue
-        count = int(count_text)
+    for frames, count in _samples(path, inside):
         total += count
         owner = None
         for frame in frames:

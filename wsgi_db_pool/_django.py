@@ -141,6 +141,19 @@ def install() -> None:
         connections.create_connection = _create_connection  # type: ignore[method-assign]
 
 
+def _storage_kind() -> str | None:
+    """What keeps Django's wrappers: "ours", "greenlet" or "shared" local, or None (unknown)."""
+    import gevent.local
+
+    current = _handler._connections
+    if type(current) is _storage.storage_type():
+        return "ours"
+    old = getattr(current, "_storage", None)
+    if old is None:
+        return None
+    return "greenlet" if isinstance(old, gevent.local.local) else "shared"
+
+
 def install_storage() -> None:
     """Under gevent, give Django's handler our storage (see ``_storage``); idempotent.
 
@@ -149,20 +162,11 @@ def install_storage() -> None:
     over. Bindings other greenlets made before would stay behind in Django's old
     storage, so it is never done later, while requests run.
     """
-    if not _sync.gevent_patched():
-        return
-    import gevent.local
-
-    current = _handler._connections
-    storage_type = _storage.storage_type()
-    if type(current) is storage_type:
-        return
-    old = getattr(current, "_storage", None)
-    if not isinstance(old, gevent.local.local):
-        return  # shared by every greenlet (fix_storage's case) or not asgiref's: leave it
-    fresh = storage_type()
+    if not _sync.gevent_patched() or _storage_kind() != "greenlet":
+        return  # a shared storage is fix_storage's case; an unknown one is left to Django
+    fresh = _storage.storage_type()()
     aliases = _handler.settings
-    for alias, wrapper in old.__dict__.items():
+    for alias, wrapper in _bound().items():
         if alias in aliases:  # not asgiref's own entries
             setattr(fresh, alias, wrapper)
     _handler._connections = fresh
@@ -177,15 +181,7 @@ def fix_storage() -> bool:
     request gives each greenlet its own, as if the patch had come first; what was
     bound in it is dropped. Returns True when it replaced it.
     """
-    if not _sync.gevent_patched():
-        return False
-    import gevent.local
-
-    current = _handler._connections
-    if type(current) is _storage.storage_type():
-        return False
-    old = getattr(current, "_storage", None)
-    if old is None or isinstance(old, gevent.local.local):
+    if not _sync.gevent_patched() or _storage_kind() != "shared":
         return False
     _handler._connections = _storage.storage_type()()
     return True
@@ -533,7 +529,8 @@ class Lease:
 
 def _bound() -> dict[str, Any]:
     # The current thread's (greenlet's) wrappers: asgiref's thread-critical Local
-    # keeps them in a threading.local, whose __dict__ is this thread's own.
+    # keeps them in a threading.local, whose __dict__ is this thread's own; ours is
+    # that threading.local itself (its _storage is itself).
     bound: dict[str, Any] = _handler._connections._storage.__dict__
     return bound
 

@@ -77,13 +77,13 @@ def call_soon(fn: Any) -> None:
 
 
 class Wakeup(Protocol):
-    """A one-shot signal for one waiting checkout: ``set()`` once, ``wait()`` once."""
+    """A one-shot signal for one waiting checkout: ``set()`` once, ``wait()`` until then."""
 
     def set(self) -> None:
         """Wake the waiter; never blocks, never switches (called under the pool's lock)."""
 
     def wait(self, seconds: float) -> None:
-        """Block until ``set()`` or ``seconds`` pass; the caller then reads what it got."""
+        """Block until ``set()`` or ``seconds`` pass (or sooner: the caller checks the clock)."""
 
 
 def make_wakeup() -> Wakeup:

@@ -214,7 +214,15 @@ class Pool:
                 entry.warned = False
                 if self._held is not None:
                     self._held.add(entry)
-                return self._handed_out(entry, now - start)
+                if self._debug:
+                    try:
+                        self._emit_debug("db_pool.checkout", reused=True, waited=now - start)
+                    except BaseException:
+                        # The logger raised, or the caller was interrupted in it:
+                        # nobody holds the connection yet.
+                        self.checkin(entry)
+                        raise
+                return entry
             # Keep the slot: the stale connection's place goes to a new one.
             try:
                 self.connector.close(entry.conn)
@@ -226,17 +234,6 @@ class Pool:
                 raise
         return self._connect(start, deadline, counted=entry is not None)
 
-    def _handed_out(self, entry: PooledConnection, waited: float) -> PooledConnection:
-        if self._debug:
-            try:
-                self._emit_debug("db_pool.checkout", reused=True, waited=waited)
-            except BaseException:
-                # The logger raised, or the caller was interrupted in it: nobody
-                # holds the connection yet.
-                self.checkin(entry)
-                raise
-        return entry
-
     def _wait(self, waiter: _Waiter, start: float, deadline: float) -> Any:
         while True:
             try:
@@ -246,20 +243,17 @@ class Pool:
                 self._abandon(waiter)
                 raise
             with self._lock:
-                item = waiter.item
-                if item is None and time.monotonic() >= deadline:
+                if waiter.item is not None:
+                    return waiter.item
+                if time.monotonic() >= deadline:
                     # Timed out, and no handoff raced in before the lock.
                     self._waiters.remove(waiter)
                     self._timeouts += 1
                     error = self._timeout_error(time.monotonic() - start)
                     break
-            if item is not None:
-                break
             # Woken before the deadline with nothing handed over: wait again.
-        if item is None:
-            self._log.warning("db_pool.timeout", **self._counts(), waited=error.waited)
-            raise error
-        return item
+        self._log.warning("db_pool.timeout", **self._counts(), waited=error.waited)
+        raise error
 
     def _abandon(self, waiter: _Waiter) -> None:
         with self._lock:
