@@ -43,6 +43,12 @@ class _Connector:
     def connect(self) -> Any:
         return object()
 
+    def classify(self, exc: Exception) -> str:
+        return "error"
+
+    def reachable(self) -> bool:
+        return True
+
     def check(self, conn: Any, ping: bool) -> str | None:
         return None
 

@@ -51,6 +51,12 @@ class _Connector:
     def connect(self) -> _Conn:
         return _Conn()
 
+    def classify(self, exc: Exception) -> str:
+        return "unreachable" if isinstance(exc, ConnectionRefusedError) else "error"
+
+    def reachable(self) -> bool:
+        return True
+
     def check(self, conn: _Conn, ping: bool) -> str | None:
         return None
 

@@ -223,17 +223,29 @@ class _Guard:
             return command(*args)
         except Exception as exc:
             if self.dialect.is_gone(exc):
-                self.fault = "broken"
+                self.lost("broken")
             raise
         except BaseException:
             self.interrupted()
             raise
 
     def interrupted(self) -> None:
-        self.fault = "interrupted"
-        raw = self.wrapper.connection
+        self.lost("interrupted")
+
+    def lost(self, fault: str) -> None:
+        """The connection is finished: drop its socket, and tell Django as it would itself."""
+        self.fault = fault
+        wrapper = self.wrapper
+        raw = wrapper.connection
         if raw is not None:
             self.dialect.abort(raw)
+        # Django's own mark of a connection closed inside a transaction: the exit of
+        # atomic() (or of a failed COMMIT) then drops it, instead of turning
+        # autocommit back on, which would open a new one.
+        if wrapper.in_atomic_block or not wrapper.autocommit:
+            wrapper.closed_in_transaction = True
+            if wrapper.in_atomic_block:
+                wrapper.needs_rollback = True
 
     def around(self, method: Callable[..., Any]) -> Callable[..., Any]:
         def guarded(*args: Any) -> Any:
@@ -267,13 +279,53 @@ def _leave_to_pool() -> None:
     """Replaces ``close_if_unusable_or_obsolete`` on pooled wrappers: the pool decides."""
 
 
+def _no_silent_reconnect(wrapper: Any, guard: _Guard, timeout: float) -> Callable[[], None]:
+    """Replaces ``connect`` on a pooled wrapper, which Django calls when it has none.
+
+    After a connection lost mid-request, Django's own paths (the exit of ``atomic()``
+    turning autocommit back on, the next query) would open a new one behind the
+    pool's back and behind its deadline: a stalled network would then hold the
+    request for one more connect timeout. That fails at once instead. A connection
+    the request's own code closed is reopened in the same slot, within ``timeout``.
+    """
+    connect = wrapper.connect
+
+    def reconnect() -> None:
+        if guard.fault is not None:
+            raise wrapper.Database.InterfaceError(
+                f"the connection of pooled alias {wrapper.alias!r} was lost during this "
+                f"request; wsgi_db_pool opens no other behind the pool's back"
+            )
+        with _sync.deadline(timeout):
+            connect()
+        _leave_to_pool_settings(wrapper)
+
+    return reconnect
+
+
+def _leave_to_pool_settings(wrapper: Any) -> None:
+    # Django's CONN_MAX_AGE and CONN_HEALTH_CHECKS must not close or ping a pooled
+    # connection behind the pool's back (request_finished runs close_old_connections
+    # on every bound wrapper); connect() sets them anew.
+    wrapper.close_at = None
+    wrapper.health_check_enabled = False
+
+
 class AliasConnector:
     """Makes, checks, resets and closes the pooled wrappers of one alias."""
 
-    def __init__(self, alias: str, reset_session: str = "auto") -> None:
+    def __init__(self, alias: str, reset_session: str = "auto", timeout: float = 30.0) -> None:
         self.alias = alias
         self.reset_session = reset_session
+        self.timeout = timeout
         self.dialect = dialect(alias)
+
+    def classify(self, exc: Exception) -> str:
+        kind: str = self.dialect.classify_connect_error(exc)
+        return kind
+
+    def reachable(self) -> bool:
+        return bool(self.dialect.reachable(connections.settings[self.alias]))
 
     def connect(self) -> Any:
         wrapper: Any = _django_create_connection(connections, self.alias)
@@ -284,13 +336,10 @@ class AliasConnector:
                 self.dialect.abort(wrapper.connection)
                 wrapper.connection = None
             raise
-        # Django's CONN_MAX_AGE and CONN_HEALTH_CHECKS must not close or ping
-        # a pooled connection behind the pool's back (request_finished runs
-        # close_old_connections on every bound wrapper).
-        wrapper.close_at = None
-        wrapper.health_check_enabled = False
+        _leave_to_pool_settings(wrapper)
         wrapper.close_if_unusable_or_obsolete = _leave_to_pool
         guard = _Guard(wrapper, self.dialect)
+        wrapper.connect = _no_silent_reconnect(wrapper, guard, self.timeout)
         for name in ("_commit", "_rollback", "_set_autocommit"):
             setattr(wrapper, name, guard.around(getattr(wrapper, name)))
         wrapper.create_cursor = guard.around_create_cursor(wrapper.create_cursor)
@@ -311,12 +360,12 @@ class AliasConnector:
 
     def reset(self, wrapper: Any) -> str | None:
         """Undo what a request did to ``wrapper``; a discard reason when it cannot."""
-        raw = wrapper.connection
-        if raw is None:
-            return "closed"
         guard: _Guard = wrapper._wsgi_db_pool_guard
         if guard.fault is not None:
             return guard.fault
+        raw = wrapper.connection
+        if raw is None:
+            return "closed"
         if not self.dialect.is_open(raw):
             return "broken"
         autocommit = wrapper.settings_dict["AUTOCOMMIT"]

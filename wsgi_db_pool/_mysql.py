@@ -11,11 +11,21 @@ import select
 import sys
 from typing import Any
 
+from . import _sync
+
 # The connection is gone: server shutdown (1927, 4031 idle kill), gone away (2006),
 # lost during query (2013), out of sync (2014), packet errors after a cut (2045, 2055).
 GONE_CODES = frozenset({1927, 2006, 2013, 2014, 2045, 2055, 4031})
 # The server cannot be reached or takes no more connections: a 503, not a 500.
-UNAVAILABLE_CODES = frozenset({1040, 1203, 2002, 2003, 2005, 2006, 2013, 1927, 4031})
+UNAVAILABLE_CODES = frozenset({1040, 1053, 1203, 1226, 2002, 2003, 2005, 2006, 2013, 1927, 4031})
+# What a failed connect says of the server (pool.Connector.classify). Nothing answers:
+# refused, unreachable, unknown host (2002, 2003, 2005; PyMySQL's connect_timeout is a
+# 2003 too), the server shutting down (1053). A server that answers and turns the
+# connection away: too many connections (1040), max_user_connections (1203), a
+# resource limit (1226), a host blocked after connect errors (1129).
+_UNREACHABLE_CODES = frozenset({1053, 2002, 2003, 2005})
+_REFUSED_CODES = frozenset({1040, 1129, 1203, 1226})
+_DEFAULT_PORT = 3306
 
 _IN_TRANS = 0x0001  # SERVER_STATUS_IN_TRANS
 _AUTOCOMMIT = 0x0002  # SERVER_STATUS_AUTOCOMMIT
@@ -41,6 +51,36 @@ def is_gone(exc: BaseException) -> bool:
 def is_unavailable(exc: BaseException) -> bool:
     """Whether ``exc`` says the server cannot be reached or refuses new connections."""
     return error_code(exc) in UNAVAILABLE_CODES
+
+
+def classify_connect_error(exc: BaseException) -> str:
+    """ "unreachable", "refused", "lost" (during the handshake or setup: a KILL?) or "error"."""
+    code = error_code(exc)
+    if code in _UNREACHABLE_CODES:
+        return "unreachable"
+    if code in _REFUSED_CODES:
+        return "refused"
+    if code in GONE_CODES:
+        return "lost"
+    return "error"
+
+
+def reachable(settings: dict[str, Any]) -> bool:
+    """Whether something accepts TCP connections at the alias's address; True when unsure.
+
+    The prober asks this before a full connect, which costs PyMySQL a TLS context
+    (about 25 ms of CPU) even when the server is not there.
+    """
+    host = settings.get("HOST") or ""
+    options = settings.get("OPTIONS") or {}
+    if host.startswith("/") or "unix_socket" in options:
+        return True
+    if host in ("", "localhost") and getattr(sys.modules.get("MySQLdb"), "__name__", "") != (
+        "pymysql"
+    ):
+        return True  # mysqlclient goes through the socket file there
+    port = int(settings.get("PORT") or options.get("port") or _DEFAULT_PORT)
+    return _sync.tcp_reachable(host or "localhost", port, options.get("connect_timeout", 10))
 
 
 _poll: Any = None

@@ -11,6 +11,8 @@ import select
 import sys
 from typing import Any
 
+from . import _sync
+
 # SQLSTATE classes and codes: connection exception (08...), the server shutting down or
 # killing the backend (57P01 admin_shutdown, 57P02 crash_shutdown, 57P03 cannot_connect_now).
 _GONE_STATES = frozenset({"57P01", "57P02", "57P03"})
@@ -56,6 +58,31 @@ def is_unavailable(exc: BaseException) -> bool:
     if state is None:
         return _operational(exc)  # a refused or timed-out connect
     return state.startswith("08") or state in _UNAVAILABLE_STATES
+
+
+def classify_connect_error(exc: BaseException) -> str:
+    """ "unreachable", "refused", "lost" (a backend terminated during setup) or "error"."""
+    state = _sqlstate(exc)
+    if state is None:
+        # libpq's own failures (refused, timed out, unknown host) carry no SQLSTATE.
+        return "unreachable" if _operational(exc) else "error"
+    if state == "53300":  # too_many_connections
+        return "refused"
+    if state.startswith("08") or state == "57P03":  # connection failure, starting up
+        return "unreachable"
+    if state in _GONE_STATES:
+        return "lost"
+    return "error"
+
+
+def reachable(settings: dict[str, Any]) -> bool:
+    """Whether something accepts TCP connections at the alias's address; True when unsure."""
+    host = settings.get("HOST") or ""
+    if not host or host.startswith("/") or "," in host:
+        return True  # a socket directory, or libpq's multi-host string
+    port = int(settings.get("PORT") or 5432)
+    timeout = (settings.get("OPTIONS") or {}).get("connect_timeout") or 10
+    return _sync.tcp_reachable(host, port, float(timeout))
 
 
 def _readable(fd: int) -> bool:

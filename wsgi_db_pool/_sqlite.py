@@ -20,6 +20,15 @@ def is_unavailable(exc: BaseException) -> bool:
     return False
 
 
+def classify_connect_error(exc: BaseException) -> str:
+    """A file that cannot be opened says nothing of a server."""
+    return "error"
+
+
+def reachable(settings: dict[str, Any]) -> bool:
+    return True
+
+
 def is_quiet(raw: Any) -> bool:
     return True
 

@@ -38,9 +38,10 @@ class PoolConfig:
 
     pool_size: int = 10
     max_overflow: int = 10
-    timeout: float = 5.0
+    timeout: float = 30.0
     max_age: float | None = 60 * 60.0
     max_idle: float | None = 10 * 60.0
+    overflow_max_idle: float | None = 30.0
     pre_ping: bool | float = 60.0
     retry_after: int = 5
     max_waiting: int | None = None
@@ -60,6 +61,7 @@ class PoolConfig:
         _number("timeout", self.timeout, allow_zero=False)
         _number("max_age", self.max_age, allow_zero=False, allow_none=True)
         _number("max_idle", self.max_idle, allow_zero=False, allow_none=True)
+        _number("overflow_max_idle", self.overflow_max_idle, allow_zero=False, allow_none=True)
         if not isinstance(self.pre_ping, bool):
             try:
                 _number("pre_ping", self.pre_ping, allow_zero=True)

@@ -28,12 +28,14 @@ class PoolClosed(PoolError):
 
 
 class PoolUnavailable(PoolError):
-    """Connecting failed moments ago, so the pool does not try again yet.
+    """The database server is out of reach and the pool has no connection left to give.
 
-    After a failed connect the pool backs off (0.1 s, doubling up to 2 s) and lets one
-    checkout at a time try again, so a server that is down or refusing connections
-    is not stampeded; requests that would need a new connection meanwhile fail at
-    once (503). Connections already open are still handed out.
+    After evidence that the server cannot be reached or refuses connections (refused,
+    unreachable, timed out, too many connections), the pool stops connecting on
+    requests' paths and tries again by itself, with a jittered backoff that never
+    waits more than about 0.1 s for a server that does not answer. Meanwhile a
+    request waits for a connection given back; it gets this error (a 503) at once
+    only when the pool holds no connection at all.
     """
 
 

@@ -63,10 +63,13 @@ class PoolingMiddleware:
     Keyword arguments:
         aliases: the ``DATABASES`` aliases to pool; default: every MySQL alias.
         pool_size: idle connections kept open per alias for reuse.
-        max_overflow: connections beyond ``pool_size`` opened in bursts, closed on checkin.
+        max_overflow: connections beyond ``pool_size`` opened in bursts.
         timeout: seconds a checkout may take in all (waiting, connecting, pinging).
         max_age: seconds after which a connection is closed rather than reused (None: never).
         max_idle: seconds a connection may sit idle before it is closed (None: never).
+        overflow_max_idle: seconds a connection beyond ``pool_size`` may sit idle before
+            it is closed (None: as ``max_idle``), so that a swinging load does not
+            reopen the overflow on every burst.
         pre_ping: ping a connection before reuse: True always, False never, or a
             number: when it sat idle at least that many seconds.
         retry_after: seconds sent in the 503's ``Retry-After`` header.
@@ -91,9 +94,10 @@ class PoolingMiddleware:
         aliases: Iterable[str] | None = None,
         pool_size: int = 10,
         max_overflow: int = 10,
-        timeout: float = 5.0,
+        timeout: float = 30.0,
         max_age: float | None = 60 * 60.0,
         max_idle: float | None = 10 * 60.0,
+        overflow_max_idle: float | None = 30.0,
         pre_ping: bool | float = 60.0,
         retry_after: int = 5,
         max_waiting: int | None = None,
@@ -112,6 +116,7 @@ class PoolingMiddleware:
             timeout=timeout,
             max_age=max_age,
             max_idle=max_idle,
+            overflow_max_idle=overflow_max_idle,
             pre_ping=pre_ping,
             retry_after=retry_after,
             max_waiting=max_waiting,
@@ -125,7 +130,9 @@ class PoolingMiddleware:
         self._logger = logger
         log = _events.resolve(logger)
         self._pools = {
-            alias: Pool(alias, _django.AliasConnector(alias, reset_session), self.config, log)
+            alias: Pool(
+                alias, _django.AliasConnector(alias, reset_session, timeout), self.config, log
+            )
             for alias in self.aliases
         }
         self._log = log
@@ -183,7 +190,11 @@ class PoolingMiddleware:
     def _start_reaper(self) -> None:
         # warn_hold too: a hold is then reported within half of warn_hold of passing it.
         config = self.config
-        limits = [x for x in (config.max_idle, config.max_age, config.warn_hold) if x is not None]
+        limits = [
+            x
+            for x in (config.max_idle, config.overflow_max_idle, config.max_age, config.warn_hold)
+            if x is not None
+        ]
         interval = min([30.0, *(x / 2 for x in limits)])
         interval = max(interval, 0.05)
         # threading as it is now: a greenlet once gevent has patched it.

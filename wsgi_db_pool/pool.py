@@ -4,12 +4,19 @@ It knows nothing of Django or WSGI: a ``Connector`` makes, checks and closes the
 connections it holds. Every blocking call (connect, ping, close) happens outside the
 lock, and the lock is never held across a greenlet switch, so a plain lock is enough
 under gevent and under real threads alike.
+
+Availability rules (never less available than one connection per request):
+a failed connect fails at most the request that made it; the pool backs off only on
+evidence that the server is out of reach, and then a prober of its own, not the
+requests, tries again; while it is backed off, requests wait for a connection given
+back, and are answered at once only when the pool has no connection at all.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+import threading
 import time
 from bisect import bisect_left
 from collections import Counter, deque
@@ -25,17 +32,30 @@ __all__ = ["Connector", "Pool", "PooledConnection"]
 # Each reset of a pool's state (at start and after a fork) is a new generation.
 _generations = itertools.count()
 
-# Backoff after a failed connect: first step and ceiling, in seconds.
-BACKOFF_FIRST = 0.1
-BACKOFF_MAX = 2.0
+# Backoff after evidence that the server is out of reach: the first step, and the
+# ceilings of the steps by what the evidence was. A server that does not answer
+# (refused, unreachable, timed out) costs nothing to probe and is probed often, so
+# service resumes within about 0.1 s of its return; one that answers but turns
+# connections away (too many connections) would only be loaded further.
+BACKOFF_FIRST = 0.01
+BACKOFF_CEILING = {"unreachable": 0.08, "refused": 1.0}
+BACKOFF_MAX = max(BACKOFF_CEILING.values())
+
+# What a connect failure says (Connector.classify): "unreachable", "refused" and a
+# repeated "lost" are evidence that the server is out of reach; "lost" once may be a
+# KILL during the session's setup and is tried again at once; "error" (bad
+# credentials, unknown database) fails the caller and says nothing of the server.
+_EVIDENCE = frozenset({"unreachable", "refused", "lost"})
 
 # Upper bounds, in seconds, of the checkout wait histogram in stats().
 WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
-# A waiter handed _SLOT may open a connection of its own under the cap;
-# one handed _CLOSED raises PoolClosed.
+# What a waiter may be handed besides a connection: a free slot to open one in,
+# the news that the pool closed, or that the pool has no connection left while the
+# server is out of reach.
 _SLOT: Any = object()
 _CLOSED: Any = object()
+_UNAVAILABLE: Any = object()
 
 
 class Connector(Protocol):
@@ -46,6 +66,12 @@ class Connector(Protocol):
 
     def connect(self) -> Any:
         """Open a new connection, ready to hand out; raise on failure."""
+
+    def classify(self, exc: Exception) -> str:
+        """What a failed connect says: "unreachable", "refused", "lost" or "error"."""
+
+    def reachable(self) -> bool:
+        """A cheap look (a TCP connect) whether a server listens; True when unsure."""
 
     def check(self, conn: Any, ping: bool) -> str | None:
         """A discard reason if ``conn`` must not be handed out, else None; never raises."""
@@ -101,6 +127,37 @@ class _Waiter:
         self.wakeup = _sync.make_wakeup()
 
 
+class _Backoff:
+    """When the pool may try to connect again, after evidence that the server is out of reach.
+
+    Steps double from BACKOFF_FIRST up to the kind's ceiling, each with full jitter
+    (half to all of the step), so that the workers that lost one server do not
+    probe it in step. Only the prober's failures lengthen it: connects that were
+    already under way when the server went away fail together and count once.
+    """
+
+    __slots__ = ("failures", "kind", "until")
+
+    def __init__(self) -> None:
+        self.failures = 0
+        self.kind = ""
+        self.until = 0.0
+
+    @property
+    def active(self) -> bool:
+        return self.failures > 0
+
+    def failed(self, kind: str, now: float) -> None:
+        self.failures += 1
+        self.kind = kind if kind in BACKOFF_CEILING else "unreachable"
+        step = min(BACKOFF_FIRST * 2 ** min(self.failures - 1, 20), BACKOFF_CEILING[self.kind])
+        self.until = now + step * (0.5 + 0.5 * random())
+
+    def clear(self) -> None:
+        self.failures = 0
+        self.until = 0.0
+
+
 class Pool:
     """Connections of one alias: at most ``cap`` open, waiters served first come first served."""
 
@@ -113,6 +170,7 @@ class Pool:
         self._pool_size = config.pool_size
         self._max_age = config.max_age
         self._max_idle = config.max_idle
+        self._overflow_max_idle = config.overflow_max_idle
         self._ping_after = config.ping_after
         self._max_waiting = config.max_waiting
         self._min_size = config.min_size
@@ -130,8 +188,12 @@ class Pool:
         self._generation = next(_generations)
         self._idle: list[PooledConnection] = []  # a stack: hot on top, the oldest idle at [0]
         self._waiters: deque[_Waiter] = deque()
-        self._open = 0  # connected, connecting, or closing: all count against the cap
+        # Every slot counts against the cap: idle, in use (held by a checkout, or being
+        # opened for one), being opened for the pool itself, or being closed.
+        self._open = 0
         self._in_use = 0
+        self._connecting = 0
+        self._closing = 0
         self._closed = False
         # Reclaimed by finalizers, which may not take the lock; drained under it.
         self._leaked: deque[PooledConnection] = deque()
@@ -149,27 +211,37 @@ class Pool:
         self._wait_sum = 0.0
         # Entries checked out, watched for long holds only when warn_hold is set.
         self._held: set[PooledConnection] | None = set() if self._warn_hold is not None else None
-        # After a failed connect: no new connect before _backoff_until, then one
-        # at a time (_probing) until one succeeds.
-        self._backoff = 0.0
-        self._backoff_until = 0.0
-        self._probing = False
+        self._backoff = _Backoff()
+        self._prober = False  # a prober is running for this generation
 
     # -- checkout ---------------------------------------------------------------
 
     def checkout(self, timeout: float | None = None) -> PooledConnection:
         """Take a connection for the caller's exclusive use; wait up to ``timeout`` seconds.
 
-        Raises PoolTimeout when none came in time, PoolClosed after ``close()``, or the
-        connector's own error when a new connection cannot be opened.
+        Raises PoolTimeout when none came in time, PoolClosed after ``close()``,
+        PoolUnavailable when the server is out of reach and the pool has no
+        connection left, or the connector's own error when a connect it tried failed.
         """
         start = time.monotonic()
         deadline = start + (self._config.timeout if timeout is None else timeout)
-        waiter = None
-        entry = None
-        shed = None
         if self._leaked:
             self.drain_leaked()
+        while True:
+            item = self._take(start, deadline)
+            if item is not _SLOT and self._usable(item, start, deadline):
+                return self._hand_out(item, start)
+            # A slot, or a stale connection's (discarded): the caller opens a new one.
+            entry = self._connect(start, deadline)
+            if entry is not None:
+                return entry
+            # The pool backed off meanwhile and the slot went back: decide again.
+
+    def _take(self, start: float, deadline: float) -> Any:
+        """An idle entry, or a slot reserved for the caller (_SLOT); waits its turn if neither."""
+        error: Exception | None = None
+        reason = ""
+        start_prober = False
         with self._lock:
             if self._closed:
                 raise PoolClosed(f"the pool of alias {self.name!r} is closed")
@@ -178,61 +250,52 @@ class Pool:
                 self._in_use += 1
                 self._checkouts += 1
                 self._wait_buckets[0] += 1
-            elif self._open < self._cap:
+                return entry
+            if self._open < self._cap and not self._backoff.active:
                 # Reserve the slot before connect() can yield to another greenlet.
                 self._open += 1
                 self._in_use += 1
                 self._wait_buckets[0] += 1
+                return _SLOT
+            if self._backoff.active and not self._established_locked():
+                self._rejects["backoff"] += 1
+                error = self._unavailable_error()
+                reason = "backoff"
+                start_prober = self._claim_prober_locked()
             elif self._max_waiting is not None and len(self._waiters) >= self._max_waiting:
                 self._rejects["max_waiting"] += 1
-                shed = PoolOverloaded(
+                error = PoolOverloaded(
                     f"no connection for alias {self.name!r}: all {self._cap} in use and "
                     f"{len(self._waiters)} already waiting (max_waiting={self._max_waiting})"
                 )
+                reason = "max_waiting"
             else:
                 waiter = _Waiter(start)
                 self._waiters.append(waiter)
-        if shed is not None:
-            self._log.warning("db_pool.reject", **self._counts(), reason="max_waiting")
-            raise shed
-        if waiter is not None:
-            got = self._wait(waiter, start, deadline)
-            if got is _CLOSED:
-                raise PoolClosed(f"the pool of alias {self.name!r} is closed")
-            if got is not _SLOT:
-                entry = got
-        if entry is not None:
-            # Straight from the idle stack, no time has passed worth a clock read.
-            now = start if waiter is None else time.monotonic()
-            try:
-                reason = self._stale(entry, now, deadline)
-            except BaseException:
-                self.checkin(entry, "interrupted")
-                raise
-            if reason is None:
-                entry.checked_out_at = now
-                entry.warned = False
-                if self._held is not None:
-                    self._held.add(entry)
-                if self._debug:
-                    try:
-                        self._emit_debug("db_pool.checkout", reused=True, waited=now - start)
-                    except BaseException:
-                        # The logger raised, or the caller was interrupted in it:
-                        # nobody holds the connection yet.
-                        self.checkin(entry)
-                        raise
-                return entry
-            # Keep the slot: the stale connection's place goes to a new one.
-            try:
-                self.connector.close(entry.conn)
-                with self._lock:
-                    self._discards[reason] += 1
-                self._log_discard(reason)
-            except BaseException:
-                self._release_slot()
-                raise
-        return self._connect(start, deadline, counted=entry is not None)
+        if error is not None:
+            if reason == "backoff" and start_prober:
+                self._start_prober()
+            self._log.warning("db_pool.reject", **self._counts(), reason=reason)
+            raise error
+        got = self._wait(waiter, start, deadline)
+        if got is _CLOSED:
+            raise PoolClosed(f"the pool of alias {self.name!r} is closed")
+        if got is _UNAVAILABLE:
+            self._log.warning("db_pool.reject", **self._counts(), reason="backoff")
+            raise self._unavailable_error()
+        return got
+
+    def _established_locked(self) -> int:
+        # Connections that may yet be given back: neither being opened nor closed.
+        return self._open - self._connecting - self._closing
+
+    def _unavailable_error(self) -> PoolUnavailable:
+        retry_in = max(self._backoff.until - time.monotonic(), 0.0)
+        return PoolUnavailable(
+            f"no connection for alias {self.name!r}: the database server is out of reach "
+            f"({self._last_connect_error}) and none of the pool's connections is left; "
+            f"the pool tries again by itself in {retry_in:.2f} s"
+        )
 
     def _wait(self, waiter: _Waiter, start: float, deadline: float) -> Any:
         while True:
@@ -261,12 +324,32 @@ class Pool:
             if item is None:
                 self._waiters.remove(waiter)
                 return
-        if item is _CLOSED:
-            return
-        if item is _SLOT:
-            self._release_slot()
-        else:
+            if item is _SLOT:
+                self._in_use -= 1
+                self._release_slot_locked()
+                return
+        if item is not _CLOSED and item is not _UNAVAILABLE:
             self.checkin(item)
+
+    def _usable(self, entry: PooledConnection, start: float, deadline: float) -> bool:
+        """Whether ``entry`` may be handed out; if not it is closed, and its slot kept."""
+        try:
+            reason = self._stale(entry, time.monotonic(), deadline)
+        except BaseException:
+            self.checkin(entry, "interrupted")
+            raise
+        if reason is None:
+            return True
+        try:
+            self.connector.close(entry.conn)
+            with self._lock:
+                self._discards[reason] += 1
+                self._checkouts -= 1  # counted when taken; the new connection counts
+            self._log_discard(reason)
+        except BaseException:
+            self._release_slot(held=True)
+            raise
+        return False
 
     def _stale(self, entry: PooledConnection, now: float, deadline: float) -> str | None:
         if now >= entry.expires_at:
@@ -284,124 +367,232 @@ class Pool:
                     return "broken"
                 raise
 
-    def _connect(
-        self, start: float, deadline: float, counted: bool, *, warmup: bool = False
-    ) -> PooledConnection:
-        """Open a connection in a slot the caller holds; ``counted``: its checkout is.
-
-        ``warmup``: for the pool itself (min_size), not a checkout: neither counted,
-        nor watched for long holds, nor logged as ``db_pool.checkout``.
-        """
+    def _hand_out(self, entry: PooledConnection, start: float) -> PooledConnection:
         now = time.monotonic()
-        probe = False
-        with self._lock:
-            refused = now < self._backoff_until or self._probing
-            if refused:
-                self._rejects["backoff"] += 1
-                if counted:
-                    self._checkouts -= 1
-            elif self._backoff:
-                self._probing = probe = True  # the one connect allowed after a failure
-        if refused:
-            self._release_slot()
-            self._log.warning("db_pool.reject", **self._counts(), reason="backoff")
-            raise PoolUnavailable(
-                f"no connection for alias {self.name!r}: connecting failed moments ago "
-                f"({self._last_connect_error}); the next try is allowed in "
-                f"{max(self._backoff_until - now, 0.0):.2f} s"
-            )
-        try:
-            with _sync.deadline(deadline - now) as timer:
-                try:
-                    conn = self.connector.connect()
-                except BaseException as exc:
-                    if timer is not None and exc is timer:
-                        raise self._timeout_error(time.monotonic() - start, "connect") from None
-                    raise
-        except BaseException as exc:
-            with self._lock:
-                if counted:
-                    self._checkouts -= 1
-                if probe:
-                    self._probing = False
-                if isinstance(exc, Exception):
-                    self._connect_failed_locked(exc, probe)
-            self._release_slot()
-            if not isinstance(exc, Exception):
-                # The caller's own gevent.Timeout or GreenletExit: nothing is known
-                # of the server, so no backoff and no connect error.
+        entry.checked_out_at = now
+        entry.warned = False
+        if self._held is not None:
+            self._held.add(entry)
+        if self._debug:
+            try:
+                self._emit_debug("db_pool.checkout", reused=True, waited=now - start)
+            except BaseException:
+                # The logger raised, or the caller was interrupted in it: nobody
+                # holds the connection yet.
+                self.checkin(entry)
                 raise
-            if isinstance(exc, PoolTimeout):
-                self._log.warning("db_pool.timeout", **self._counts(), waited=exc.waited)
-            else:
-                self._log.warning(
-                    "db_pool.connect_failed",
-                    **self._counts(),
-                    error=self._last_connect_error,
-                    backoff=self._backoff,
-                )
-            raise
-        now = time.monotonic()
-        entry = PooledConnection(conn, now, self._max_age, self._generation)
+        return entry
+
+    # -- connect ----------------------------------------------------------------
+
+    def _connect(self, start: float, deadline: float) -> PooledConnection | None:
+        """Open a connection in the slot the caller holds; None if the slot went back.
+
+        A connection lost during its setup is tried once more at once. On evidence
+        that the server is out of reach the pool backs off, and the caller, rather
+        than fail, waits for a connection given back while the pool has any.
+        """
         with self._lock:
-            self._connects += 1
-            if not counted and not warmup:
-                self._checkouts += 1
-            # Whichever attempt succeeds, the server takes connections again.
-            self._probing = False
-            self._backoff = 0.0
-            self._backoff_until = 0.0
-        if warmup:
-            self._log.info("db_pool.connect", **self._counts(), seconds=round(now - start, 6))
-            return entry
+            backed_off = self._backoff.active
+            if not backed_off:
+                self._connecting += 1
+        if backed_off:
+            # Backed off since the slot was reserved: no connect on a request's path.
+            self._release_slot(held=True)
+            return None
+        tries = 2
+        while True:
+            tries -= 1
+            try:
+                conn = self._open_connection(start, deadline)
+            except BaseException as exc:
+                if self._connect_failed(exc, held=True, retry=tries > 0, deadline=deadline):
+                    continue
+                if self._may_wait_instead(exc, deadline):
+                    return None  # the connections left may serve the caller
+                raise
+            break
+        entry = self._opened(conn, start, checkout=True)
         if self._held is not None:
             self._held.add(entry)
         try:
-            self._log.info("db_pool.connect", **self._counts(), seconds=round(now - start, 6))
             if self._debug:
-                self._emit_debug("db_pool.checkout", reused=False, waited=now - start)
+                self._emit_debug("db_pool.checkout", reused=False, waited=entry.created_at - start)
         except BaseException:
-            # The logger raised (or the caller was interrupted in it): nobody holds
-            # the new connection yet, so it goes back to the pool.
             self.checkin(entry)
             raise
         return entry
 
-    def _connect_failed_locked(self, exc: Exception, probe: bool) -> None:
-        self._connect_errors += 1
-        self._last_connect_error = f"{type(exc).__name__}: {exc}"
-        if isinstance(exc, PoolTimeout):
-            # Our own deadline says nothing of the server (the wait may have used
-            # it up); the driver's connect_timeout gives 2003, which does.
-            self._timeouts += 1
-            return
-        # A failed probe doubles the wait; attempts that were already under way
-        # when the server went away fail together and count as one failure.
-        backoff = self._backoff * 2 if probe else self._backoff
-        self._backoff = min(max(backoff, BACKOFF_FIRST), BACKOFF_MAX)
-        self._backoff_until = max(self._backoff_until, time.monotonic() + self._backoff)
+    def _may_wait_instead(self, exc: BaseException, deadline: float) -> bool:
+        # Only for a failure that is the server's, never for the caller's own
+        # interrupt or deadline.
+        if not isinstance(exc, Exception) or isinstance(exc, PoolTimeout):
+            return False
+        with self._lock:
+            return (
+                self._backoff.active
+                and self._established_locked() > 0
+                and time.monotonic() < deadline
+            )
 
-    def _timeout_error(self, waited: float, doing: str = "wait") -> PoolTimeout:
-        what = "connecting took" if doing == "connect" else "waited"
-        msg = (
-            f"no connection for alias {self.name!r}: {what} {waited:.2f} s "
-            f"(timeout={self._config.timeout} s); {self._in_use} of {self._cap} in use "
-            f"(pool_size={self._pool_size} + max_overflow={self._cap - self._pool_size}), "
-            f"{len(self._waiters)} waiting"
+    def _open_connection(self, start: float, deadline: float) -> Any:
+        with _sync.deadline(deadline - time.monotonic()) as timer:
+            try:
+                return self.connector.connect()
+            except BaseException as exc:
+                if timer is not None and exc is timer:
+                    raise self._timeout_error(time.monotonic() - start, "connect") from None
+                raise
+
+    def _opened(self, conn: Any, start: float, *, checkout: bool) -> PooledConnection:
+        """Count a new connection in; the server takes connections again."""
+        now = time.monotonic()
+        entry = PooledConnection(conn, now, self._max_age, self._generation)
+        with self._lock:
+            self._connecting -= 1
+            self._connects += 1
+            self._checkouts += checkout
+            recovered = self._backoff.active
+            if recovered:
+                self._backoff.clear()
+                if checkout:
+                    self._grant_slots_locked(now)
+        try:
+            self._log.info("db_pool.connect", **self._counts(), seconds=round(now - start, 6))
+            if recovered:
+                self._log.info("db_pool.recovered", **self._counts())
+        except BaseException:
+            if checkout:
+                self.checkin(entry)
+            else:
+                self._deliver(entry)
+            raise
+        return entry
+
+    def _connect_failed(
+        self, exc: BaseException, *, held: bool, retry: bool, deadline: float
+    ) -> bool:
+        """Count a failed connect in and free its slot; True: try again in the same slot."""
+        kind = "error"
+        if isinstance(exc, Exception) and not isinstance(exc, PoolTimeout):
+            kind = self.connector.classify(exc)
+        if kind == "lost" and retry and time.monotonic() < deadline:
+            self._log.info(
+                "db_pool.connect_failed",
+                **self._counts(),
+                error=_describe(exc),
+                kind=kind,
+                retry=True,
+            )
+            return True
+        start_prober = False
+        with self._lock:
+            self._connecting -= 1
+            if isinstance(exc, Exception):
+                self._connect_errors += 1
+                self._last_connect_error = _describe(exc)
+                if isinstance(exc, PoolTimeout):
+                    # Our own deadline says nothing of the server (the wait may have
+                    # used it up); the driver's connect_timeout gives 2003, which does.
+                    self._timeouts += 1
+                elif kind in _EVIDENCE and not self._backoff.active:
+                    self._backoff.failed(kind, time.monotonic())
+                    start_prober = self._claim_prober_locked()
+            # else: the caller's own gevent.Timeout or GreenletExit: nothing is known
+            # of the server, so no backoff and no connect error.
+            if held:
+                self._in_use -= 1
+            self._release_slot_locked()
+        if start_prober:
+            self._start_prober()
+        if isinstance(exc, PoolTimeout):
+            self._log.warning("db_pool.timeout", **self._counts(), waited=exc.waited)
+        elif isinstance(exc, Exception):
+            self._log.warning(
+                "db_pool.connect_failed",
+                **self._counts(),
+                error=self._last_connect_error,
+                kind=kind,
+                backoff=self._backoff.active,
+            )
+        return False
+
+    # -- the prober: the pool's own reconnects while backed off ---------------------
+
+    def _claim_prober_locked(self) -> bool:
+        # True: the caller must start the prober (one per pool, while backed off).
+        if self._prober or self._closed or not self._backoff.active:
+            return False
+        self._prober = True
+        return True
+
+    def _start_prober(self) -> None:
+        # threading as it is now: a greenlet once gevent has patched it.
+        thread = threading.Thread(
+            target=self._probe, args=(self._generation,), name="wsgi_db_pool-prober", daemon=True
         )
-        if self._last_connect_error:
-            msg += f"; last connect error: {self._last_connect_error}"
-        return PoolTimeout(msg, round(waited, 6))
+        thread.start()
+
+    def _probe(self, generation: int) -> None:
+        """While backed off: wait the backoff's step, try one connect, repeat."""
+        try:
+            while self._probe_once(generation):
+                pass
+        except BaseException:
+            # The reaper's next tick (or the next refused checkout) starts another.
+            with self._lock:
+                if self._generation == generation:
+                    self._prober = False
+            raise
+
+    def _probe_once(self, generation: int) -> bool:
+        """One step of the prober; False when it has nothing more to do."""
+        with self._lock:
+            if self._generation != generation:
+                return False  # the parent's prober, carried over by a fork
+            if self._closed or not self._backoff.active:
+                # Decided under the lock that starts probers: none is ever missing.
+                self._prober = False
+                return False
+            now = time.monotonic()
+            delay = self._backoff.until - now
+            if delay <= 0 and self._open >= self._cap:
+                # Every slot holds a connection: nothing to open, look again later.
+                self._backoff.until = now + BACKOFF_CEILING["unreachable"]
+                delay = self._backoff.until - now
+            if delay <= 0:
+                self._open += 1
+                self._connecting += 1
+        if delay > 0:
+            time.sleep(delay)
+            return True
+        start = time.monotonic()
+        try:
+            if self._backoff.kind == "unreachable" and not self.connector.reachable():
+                raise PoolUnavailable("nothing listens at the server's address")
+            conn = self._open_connection(start, start + self._config.timeout)
+        except Exception as exc:
+            kind = (
+                "unreachable" if isinstance(exc, PoolUnavailable) else self.connector.classify(exc)
+            )
+            with self._lock:
+                self._connecting -= 1
+                self._backoff.failed(kind, time.monotonic())
+                if not isinstance(exc, PoolUnavailable):
+                    self._connect_errors += 1
+                    self._last_connect_error = _describe(exc)
+                self._release_slot_locked()
+            return True
+        except BaseException as exc:
+            self._connect_failed(exc, held=False, retry=False, deadline=0.0)
+            raise
+        self._deliver(self._opened(conn, start, checkout=False))
+        return True  # the next step sees the backoff over and ends
 
     # -- checkin ----------------------------------------------------------------
 
-    def checkin(
-        self, entry: PooledConnection, reason: str | None = None, *, fresh: bool = False
-    ) -> None:
-        """Give ``entry`` back: recycled for reuse, or discarded (closed) with ``reason``.
-
-        ``fresh``: a connection just opened for the pool (warm-up), not a recycle.
-        """
+    def checkin(self, entry: PooledConnection, reason: str | None = None) -> None:
+        """Give ``entry`` back: recycled for reuse, or discarded (closed) with ``reason``."""
         if entry.generation != self._generation:
             # Checked out before this process forked: its socket is the parent's.
             self.connector.abort(entry.conn)
@@ -411,11 +602,14 @@ class Pool:
         long_hold = False
         if self._held is not None:
             self._held.discard(entry)
-            long_hold = not fresh and not entry.warned and held >= self._warn_hold  # type: ignore[operator]
+            long_hold = not entry.warned and held >= self._warn_hold  # type: ignore[operator]
         if reason is None and now >= entry.expires_at:
             reason = "max_age"
         try:
-            self._put_back(entry, reason, now, held, fresh)
+            if reason is None:
+                reason = self._recycle(entry, now, held)
+            if reason is not None:
+                self._discard(entry, reason, held=True, fields={"held": held})
         finally:
             # Events last: a logger that raises cannot keep the entry from coming back.
             if long_hold:
@@ -423,64 +617,106 @@ class Pool:
             if self._leaked:
                 self.drain_leaked()
 
-    def _put_back(
-        self, entry: PooledConnection, reason: str | None, now: float, held: float, fresh: bool
-    ) -> None:
-        handed = False
-        if reason is None:
-            with self._lock:
-                if self._closed:
-                    reason = "shutdown"
-                elif self._waiters:
-                    # Straight to the longest waiter: a greenlet that comes later must
-                    # not find it idle first.
-                    entry.checked_out_at = now
-                    entry.idle_since = now
-                    entry.warned = False
-                    if self._held is not None:
-                        self._held.add(entry)
-                    self._hand_locked(entry, now)
-                    self._recycles += not fresh
-                    self._checkouts += 1
-                    handed = True
-                elif len(self._idle) < self._pool_size:
-                    entry.idle_since = now
-                    self._idle.append(entry)
-                    self._in_use -= 1
-                    self._recycles += not fresh
-                else:
-                    reason = "overflow"
-            if reason is None:
-                if self._debug and not fresh:
-                    self._emit_debug("db_pool.recycle", held=held, handed=handed)
-                return
-        self._discard(entry, reason, held=held)
+    def _recycle(self, entry: PooledConnection, now: float, held: float) -> str | None:
+        """Hand ``entry`` to the longest waiter or keep it idle; a discard reason if neither."""
+        with self._lock:
+            if self._closed:
+                return "shutdown"
+            handed = bool(self._waiters)
+            if handed:
+                self._hand_entry_locked(entry, now)
+            else:
+                # Kept up to the cap: connections beyond pool_size close after
+                # overflow_max_idle (the reaper), not on every checkin, so a load
+                # that swings does not reopen them each time.
+                entry.idle_since = now
+                self._idle.append(entry)
+                self._in_use -= 1
+            self._recycles += 1
+        if self._debug:
+            self._emit_debug("db_pool.recycle", held=held, handed=handed)
+        return None
 
-    def _discard(self, entry: PooledConnection, reason: str, **fields: Any) -> None:
+    def _deliver(self, entry: PooledConnection) -> None:
+        """A connection the pool opened for itself: to the longest waiter, or idle."""
+        now = time.monotonic()
+        with self._lock:
+            if self._closed:
+                self._closing += 1
+                reason = "shutdown"
+            else:
+                reason = None
+                if self._waiters:
+                    self._in_use += 1
+                    self._hand_entry_locked(entry, now)
+                    self._grant_slots_locked(now)
+                else:
+                    self._idle.append(entry)
+        if reason is not None:
+            self._discard(entry, reason, held=False)
+
+    def _hand_entry_locked(self, entry: PooledConnection, now: float) -> None:
+        # Straight to the longest waiter: a greenlet that comes later must not find it
+        # idle first.
+        entry.checked_out_at = now
+        entry.idle_since = now
+        entry.warned = False
+        if self._held is not None:
+            self._held.add(entry)
+        self._checkouts += 1
+        self._hand_locked(entry, now)
+
+    def _discard(
+        self,
+        entry: PooledConnection,
+        reason: str,
+        *,
+        held: bool,
+        fields: dict[str, Any] | None = None,
+    ) -> None:
         # Close before the slot is freed, so the server never sees more than the cap;
-        # free it even if the close is interrupted.
+        # free it even if the close is interrupted. ``held``: by a checkout, else
+        # counted as closing.
         try:
             self.connector.close(entry.conn)
         finally:
             try:
-                self._release_slot(reason)
+                with self._lock:
+                    self._discards[reason] += 1
+                    if held:
+                        self._in_use -= 1
+                    else:
+                        self._closing -= 1
+                    self._release_slot_locked()
             finally:
                 # Logged last: a logger that raises or yields cannot cost the slot.
-                self._log_discard(reason, **fields)
+                self._log_discard(reason, **(fields or {}))
 
-    def _release_slot(self, discarded: str | None = None) -> None:
+    def _release_slot(self, *, held: bool) -> None:
         with self._lock:
-            if discarded is not None:
-                self._discards[discarded] += 1
+            if held:
+                self._in_use -= 1
             self._release_slot_locked()
 
     def _release_slot_locked(self) -> None:
-        # A freed slot goes to the longest waiter, who may open a connection in it.
-        if self._waiters and not self._closed:
+        # A freed slot goes to the longest waiter, who may open a connection in it;
+        # not while backed off: the prober opens the next connection.
+        if self._waiters and not self._closed and not self._backoff.active:
+            self._in_use += 1
             self._hand_locked(_SLOT, time.monotonic())
-        else:
-            self._open -= 1
-            self._in_use -= 1
+            return
+        self._open -= 1
+        if self._waiters and self._backoff.active and not self._established_locked():
+            # Out of reach and nothing left to give back: waiting would only time out.
+            while self._waiters:
+                self._hand_locked(_UNAVAILABLE, time.monotonic())
+
+    def _grant_slots_locked(self, now: float) -> None:
+        # Back from a backoff: the free slots go to the longest waiters at once.
+        while self._waiters and self._open < self._cap:
+            self._open += 1
+            self._in_use += 1
+            self._hand_locked(_SLOT, now)
 
     def _hand_locked(self, item: Any, now: float) -> None:
         # The longest waiter gets it; under the lock, so nobody can barge in.
@@ -515,7 +751,13 @@ class Pool:
         if not self._leaked:
             return
         with self._lock:
-            drained = self._drain_leaked_locked()
+            drained = []
+            while self._leaked:
+                entry = self._leaked.popleft()
+                drained.append(entry)
+                self._discards["leak"] += 1
+                self._in_use -= 1
+                self._release_slot_locked()
         for entry in drained:
             self._log.warning(
                 "db_pool.leak",
@@ -524,52 +766,54 @@ class Pool:
                 where=entry.where,
             )
 
-    def _drain_leaked_locked(self) -> list[PooledConnection]:
-        drained = []
-        while self._leaked:
-            entry = self._leaked.popleft()
-            drained.append(entry)
-            self._discards["leak"] += 1
-            self._release_slot_locked()
-        return drained
-
     # -- upkeep -----------------------------------------------------------------
 
     def reap(self) -> None:
-        """Close idle connections past ``max_idle`` or ``max_age``, warn of long holds.
+        """Close idle connections past their time, warn of long holds; the reaper calls this.
 
-        ``max_idle`` never takes the pool below ``min_size``; the reaper calls this.
+        ``max_age`` closes any; ``max_idle`` those above ``min_size``;
+        ``overflow_max_idle`` those above ``pool_size``.
         """
         self.drain_leaked()
         now = time.monotonic()
         expired: list[tuple[PooledConnection, str]] = []
         with self._lock:
+            start_prober = self._claim_prober_locked()
             keep = []
             # Oldest idle first, so the ones that shrink the pool are the coldest.
-            spare = self._open - self._min_size
+            open_ = self._open
             for entry in self._idle:
-                if now >= entry.expires_at:
-                    expired.append((entry, "max_age"))
-                    spare -= 1
-                elif (
-                    self._max_idle is not None
-                    and spare > 0
-                    and now - entry.idle_since >= self._max_idle
-                ):
-                    expired.append((entry, "max_idle"))
-                    spare -= 1
-                else:
+                reason = self._expired(entry, now, open_)
+                if reason is None:
                     keep.append(entry)
+                else:
+                    expired.append((entry, reason))
+                    open_ -= 1
             if expired:
                 self._idle[:] = keep
-                # Still counted open (and in_use, as "closing") until closed below.
-                self._in_use += len(expired)
-        self._discard_all([(entry, reason) for entry, reason in expired])
+                self._closing += len(expired)
+        if start_prober:
+            self._start_prober()
+        self._discard_all(expired)
         if self._held is not None:
             for entry in list(self._held):
                 held = now - entry.checked_out_at
                 if not entry.warned and held >= self._warn_hold:  # type: ignore[operator]
                     self._warn_long_hold(entry, held, still_held=True)
+
+    def _expired(self, entry: PooledConnection, now: float, open_: int) -> str | None:
+        if now >= entry.expires_at:
+            return "max_age"
+        idle = now - entry.idle_since
+        if (
+            self._overflow_max_idle is not None
+            and open_ > self._pool_size
+            and idle >= self._overflow_max_idle
+        ):
+            return "overflow"
+        if self._max_idle is not None and open_ > self._min_size and idle >= self._max_idle:
+            return "max_idle"
+        return None
 
     def _warn_long_hold(self, entry: PooledConnection, held: float, still_held: bool) -> None:
         entry.warned = True
@@ -584,26 +828,23 @@ class Pool:
     def fill(self) -> None:
         """Open connections one at a time until ``min_size`` are open (warm-up, refill).
 
-        Stops at the first failure: the backoff then governs when to try again.
+        Stops at the first failure: the prober then takes over if it was evidence.
         """
         while True:
             with self._lock:
-                if (
-                    self._closed
-                    or self._open >= self._min_size
-                    or time.monotonic() < self._backoff_until
-                ):
+                if self._closed or self._open >= self._min_size or self._backoff.active:
                     return
                 self._open += 1
-                self._in_use += 1
+                self._connecting += 1
             start = time.monotonic()
             try:
-                entry = self._connect(
-                    start, start + self._config.timeout, counted=False, warmup=True
-                )
-            except Exception:
-                return  # the slot is freed, the error logged and backed off by _connect
-            self.checkin(entry, fresh=True)
+                conn = self._open_connection(start, start + self._config.timeout)
+            except BaseException as exc:
+                self._connect_failed(exc, held=False, retry=False, deadline=0.0)
+                if isinstance(exc, Exception):
+                    return
+                raise
+            self._deliver(self._opened(conn, start, checkout=False))
 
     def close(self) -> None:
         """Close every idle connection and refuse later checkouts; twice is harmless.
@@ -615,7 +856,7 @@ class Pool:
                 return
             self._closed = True
             idle, self._idle = self._idle, []
-            self._in_use += len(idle)
+            self._closing += len(idle)
             waiters, self._waiters = self._waiters, deque()
             # Marked under the lock, so that a waiter timing out meanwhile sees it.
             for waiter in waiters:
@@ -630,7 +871,7 @@ class Pool:
         error: BaseException | None = None
         for entry, reason in entries:
             try:
-                self._discard(entry, reason)
+                self._discard(entry, reason, held=False)
             except BaseException as exc:
                 error = error or exc
         if error is not None:
@@ -686,7 +927,24 @@ class Pool:
                 "rejects": dict(self._rejects),
                 "wait_seconds": self._wait_histogram(),
                 "leaked_pending": len(self._leaked),
+                "backed_off": self._backoff.active,
             }
+
+    def _timeout_error(self, waited: float, doing: str = "wait") -> PoolTimeout:
+        what = "connecting took" if doing == "connect" else "waited"
+        msg = (
+            f"no connection for alias {self.name!r}: {what} {waited:.2f} s "
+            f"(timeout={self._config.timeout} s); {self._in_use} of {self._cap} in use "
+            f"(pool_size={self._pool_size} + max_overflow={self._cap - self._pool_size}), "
+            f"{len(self._waiters)} waiting"
+        )
+        if self._last_connect_error:
+            msg += f"; last connect error: {self._last_connect_error}"
+        return PoolTimeout(msg, round(waited, 6))
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _cumulative(counts: list[int]) -> list[tuple[float | str, int]]:
