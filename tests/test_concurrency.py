@@ -69,11 +69,11 @@ def test_cap_holds_for_300_concurrent_requests(
     assert sampler.peak_waiting > 0
     stats = pooled.stats()
     assert (stats["in_use"], stats["waiting"], stats["timeouts"]) == (0, 0, 0)
-    assert stats["open"] == stats["idle"] == 3
+    # The overflow stays open, idle, until overflow_max_idle: no churn under a burst.
+    assert stats["open"] == stats["idle"] == 5
     assert stats["checkouts"] == 300
-    assert set(stats["discards"]) <= {"overflow"}
-    assert stats["connects"] - stats["discards"].get("overflow", 0) == 3
-    assert server.wait_count(3) == 3
+    assert (stats["connects"], stats["discards"]) == (5, {})
+    assert server.wait_count(5) == 5
     used = {exchange.json()["conn_id"] for exchange in exchanges}
     assert server.connection_ids() <= used
 
@@ -125,6 +125,6 @@ def test_timeouts_under_load_leave_nothing_behind(
     stats = pooled.stats()
     assert stats["timeouts"] == statuses.count(503)
     assert (stats["in_use"], stats["waiting"]) == (0, 0)
-    assert stats["open"] == stats["idle"] == 1
-    assert server.wait_count(1) == 1
+    assert stats["open"] == stats["idle"] <= 2
+    assert server.wait_count(stats["open"]) == stats["open"]
     assert request(pooled.app, "/read/").status_code == 200

@@ -201,12 +201,14 @@ class _Guard:
     driver's version does, and every later command on it fails instead.
     """
 
-    __slots__ = ("dialect", "dirty", "fault", "wrapper")
+    __slots__ = ("dialect", "dirty", "fault", "lost_conn", "wrapper")
 
     def __init__(self, wrapper: Any, dialect: Any) -> None:
         self.wrapper = wrapper
         self.dialect = dialect
         self.fault: str | None = None
+        # The DB-API connection that was lost, kept for Django to find (see lost()).
+        self.lost_conn: Any = None
         # The statements since the last reset may have left session state behind.
         self.dirty = False
 
@@ -233,19 +235,23 @@ class _Guard:
         self.lost("interrupted")
 
     def lost(self, fault: str) -> None:
-        """The connection is finished: drop its socket, and tell Django as it would itself."""
+        """The connection is finished: drop its socket; every later command fails at once."""
         self.fault = fault
-        wrapper = self.wrapper
-        raw = wrapper.connection
+        raw = self.lost_conn = self.wrapper.connection
         if raw is not None:
             self.dialect.abort(raw)
-        # Django's own mark of a connection closed inside a transaction: the exit of
-        # atomic() (or of a failed COMMIT) then drops it, instead of turning
-        # autocommit back on, which would open a new one.
-        if wrapper.in_atomic_block or not wrapper.autocommit:
-            wrapper.closed_in_transaction = True
-            if wrapper.in_atomic_block:
-                wrapper.needs_rollback = True
+
+    def around_set_autocommit(self, method: Callable[..., Any]) -> Callable[..., Any]:
+        # Once the connection is lost, Django's exits (atomic(), a failed COMMIT) still
+        # turn autocommit back on; on a dead connection that would only raise over the
+        # error that matters (or over the caller's gevent.Timeout). The connection is
+        # discarded at checkin anyway.
+        def guarded(*args: Any) -> Any:
+            if self.fault is not None:
+                return None
+            return self.run(method, *args)
+
+        return guarded
 
     def around(self, method: Callable[..., Any]) -> Callable[..., Any]:
         def guarded(*args: Any) -> Any:
@@ -285,17 +291,18 @@ def _no_silent_reconnect(wrapper: Any, guard: _Guard, timeout: float) -> Callabl
     After a connection lost mid-request, Django's own paths (the exit of ``atomic()``
     turning autocommit back on, the next query) would open a new one behind the
     pool's back and behind its deadline: a stalled network would then hold the
-    request for one more connect timeout. That fails at once instead. A connection
-    the request's own code closed is reopened in the same slot, within ``timeout``.
+    request for one more connect timeout. A connection the request's own code
+    closed is reopened in the same slot, within ``timeout``.
     """
     connect = wrapper.connect
 
     def reconnect() -> None:
         if guard.fault is not None:
-            raise wrapper.Database.InterfaceError(
-                f"the connection of pooled alias {wrapper.alias!r} was lost during this "
-                f"request; wsgi_db_pool opens no other behind the pool's back"
-            )
+            # The lost connection goes back in: every command on it fails at once
+            # (the driver knows it is closed), and the error the caller sees is the
+            # one that lost it, not one of ours raised over it.
+            wrapper.connection = guard.lost_conn
+            return
         with _sync.deadline(timeout):
             connect()
         _leave_to_pool_settings(wrapper)
@@ -340,8 +347,9 @@ class AliasConnector:
         wrapper.close_if_unusable_or_obsolete = _leave_to_pool
         guard = _Guard(wrapper, self.dialect)
         wrapper.connect = _no_silent_reconnect(wrapper, guard, self.timeout)
-        for name in ("_commit", "_rollback", "_set_autocommit"):
+        for name in ("_commit", "_rollback"):
             setattr(wrapper, name, guard.around(getattr(wrapper, name)))
+        wrapper._set_autocommit = guard.around_set_autocommit(wrapper._set_autocommit)
         wrapper.create_cursor = guard.around_create_cursor(wrapper.create_cursor)
         wrapper._wsgi_db_pool_guard = guard
         wrapper._wsgi_db_pool_wrappers = [guard]

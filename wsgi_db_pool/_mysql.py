@@ -56,13 +56,25 @@ def is_unavailable(exc: BaseException) -> bool:
 def classify_connect_error(exc: BaseException) -> str:
     """ "unreachable", "refused", "lost" (during the handshake or setup: a KILL?) or "error"."""
     code = error_code(exc)
-    if code in _UNREACHABLE_CODES:
+    if code in _UNREACHABLE_CODES or _timed_out(exc):
+        # A greeting that never came (connect_timeout on a stalled network) is a 2013
+        # in PyMySQL, but says the same as a refused connect.
         return "unreachable"
     if code in _REFUSED_CODES:
         return "refused"
     if code in GONE_CODES:
         return "lost"
     return "error"
+
+
+def _timed_out(exc: BaseException | None) -> bool:
+    seen = 0
+    while exc is not None and seen < 6:
+        if isinstance(exc, TimeoutError):
+            return True
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return False
 
 
 def reachable(settings: dict[str, Any]) -> bool:

@@ -33,12 +33,14 @@ __all__ = ["Connector", "Pool", "PooledConnection"]
 _generations = itertools.count()
 
 # Backoff after evidence that the server is out of reach: the first step, and the
-# ceilings of the steps by what the evidence was. A server that does not answer
-# (refused, unreachable, timed out) costs nothing to probe and is probed often, so
-# service resumes within about 0.1 s of its return; one that answers but turns
-# connections away (too many connections) would only be loaded further.
+# ceilings of the steps by what the evidence was. Where nothing answers (refused,
+# unreachable, timed out) a probe costs a TCP handshake (Connector.reachable), so it
+# is probed often and service resumes within about 0.1 s of the server's return.
+# A listener that drops connections at the door (a proxy without a backend) costs a
+# full connect a probe; a server that turns connections away (too many
+# connections) would only be loaded further.
 BACKOFF_FIRST = 0.01
-BACKOFF_CEILING = {"unreachable": 0.08, "refused": 1.0}
+BACKOFF_CEILING = {"unreachable": 0.08, "lost": 0.25, "refused": 1.0}
 BACKOFF_MAX = max(BACKOFF_CEILING.values())
 
 # What a connect failure says (Connector.classify): "unreachable", "refused" and a
@@ -708,6 +710,7 @@ class Pool:
         self._open -= 1
         if self._waiters and self._backoff.active and not self._established_locked():
             # Out of reach and nothing left to give back: waiting would only time out.
+            self._rejects["backoff"] += len(self._waiters)
             while self._waiters:
                 self._hand_locked(_UNAVAILABLE, time.monotonic())
 
@@ -927,6 +930,7 @@ class Pool:
                 "rejects": dict(self._rejects),
                 "wait_seconds": self._wait_histogram(),
                 "leaked_pending": len(self._leaked),
+                "connecting": self._connecting,
                 "backed_off": self._backoff.active,
             }
 
