@@ -6,12 +6,14 @@ Pure pool logic, so no server: what matters here is that no slot is lost or coun
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Callable
 from typing import Any
 
+import gevent
 import pytest
 
-from wsgi_db_pool import PoolTimeout
+from wsgi_db_pool import PoolTimeout, PoolUnavailable
 from wsgi_db_pool.config import PoolConfig
 from wsgi_db_pool.pool import Pool
 
@@ -44,15 +46,31 @@ class _Conn:
         self.closed = False
 
 
+class _Lost(Exception):
+    """A connection lost during its setup (a KILL?), as a driver reports it."""
+
+
 class _Connector:
     def __init__(self) -> None:
         self.on_close: Callable[[_Conn], None] | None = None
+        # Raised by the next connects, one each, then connects succeed again.
+        self.failures: list[Exception] = []
+        # Raised by every connect while set (the server is out of reach).
+        self.down: Exception | None = None
+        self.connects = 0
 
     def connect(self) -> _Conn:
+        self.connects += 1
+        if self.failures:
+            raise self.failures.pop(0)
+        if self.down is not None:
+            raise self.down
         return _Conn()
 
     def classify(self, exc: Exception) -> str:
-        return "unreachable" if isinstance(exc, ConnectionRefusedError) else "error"
+        if isinstance(exc, ConnectionRefusedError):
+            return "unreachable"
+        return "lost" if isinstance(exc, _Lost) else "error"
 
     def reachable(self) -> bool:
         return True
@@ -258,3 +276,135 @@ def test_a_wait_never_ends_before_its_timeout_after_busy_greenlets() -> None:
         pool.checkout()
     assert info.value.waited >= 0.2, "the checkout gave up before its timeout"
     pool.checkin(held)
+
+
+# -- availability: what a failed connect may cost --------------------------------------
+
+
+def test_a_failure_that_says_nothing_of_the_server_does_not_back_off() -> None:
+    """Bad credentials fail the caller only: the next checkout connects, nobody is refused."""
+    pool = _pool()
+    pool.connector.failures = [ValueError("access denied")]  # type: ignore[attr-defined]
+    with pytest.raises(ValueError, match="access denied"):
+        pool.checkout()
+    assert not pool.stats()["backed_off"]
+    pool.checkin(pool.checkout())
+    assert (pool.stats()["connect_errors"], pool.stats()["rejects"]) == (1, {})
+
+
+def test_a_connection_lost_during_setup_is_tried_once_more() -> None:
+    """A connect lost after the server took it (a KILL in the setup) costs the caller nothing."""
+    pool = _pool()
+    connector: _Connector = pool.connector  # type: ignore[assignment]
+    connector.failures = [_Lost("lost during setup")]
+    entry = pool.checkout()
+    assert connector.connects == 2
+    stats = pool.stats()
+    assert (stats["connects"], stats["connect_errors"], stats["backed_off"]) == (1, 0, False)
+    pool.checkin(entry)
+    # Lost twice in a row is the server's doing (a listener that drops connections at
+    # the door): evidence, and a backoff.
+    fresh = _pool()
+    fresh.connector.failures = [_Lost("lost"), _Lost("lost again")]  # type: ignore[attr-defined]
+    with pytest.raises(_Lost, match="again"):
+        fresh.checkout()
+    assert fresh.stats()["backed_off"]
+    fresh.close()
+
+
+def test_while_backed_off_a_request_waits_for_a_connection_given_back() -> None:
+    """Out of reach with a connection open: the caller whose connect failed waits for it."""
+    pool = _pool(pool_size=2, timeout=5.0)
+    connector: _Connector = pool.connector  # type: ignore[assignment]
+    held = pool.checkout()
+    connector.down = ConnectionRefusedError("refused")
+    got: list[Any] = []
+    waiter = gevent.spawn(lambda: got.append(pool.checkout()))
+    _wait_until(lambda: pool.stats()["waiting"] == 1)
+    assert pool.stats()["backed_off"]
+    # A newcomer waits its turn too: no 503 while a connection may come back.
+    newcomer = gevent.spawn(pool.checkout)
+    _wait_until(lambda: pool.stats()["waiting"] == 2)
+    pool.checkin(held)
+    waiter.join(timeout=1.0)
+    assert [entry.conn for entry in got] == [held.conn]
+    pool.checkin(got[0])
+    assert newcomer.get(timeout=1.0).conn is held.conn
+    assert pool.stats()["rejects"] == {}
+
+
+def test_with_no_connection_left_requests_fail_at_once() -> None:
+    """Out of reach and nothing open: the connect's own error, then 503s without a connect."""
+    pool = _pool(pool_size=2, timeout=5.0)
+    connector: _Connector = pool.connector  # type: ignore[assignment]
+    connector.down = ConnectionRefusedError("refused")
+    with pytest.raises(ConnectionRefusedError):
+        pool.checkout()
+    connects = connector.connects
+    started = time.monotonic()
+    for _ in range(50):
+        with pytest.raises(PoolUnavailable, match="out of reach"):
+            pool.checkout()
+    assert time.monotonic() - started < 0.5, "refused requests must not wait"
+    # Only the prober connects meanwhile, paced by the backoff (0.01 s doubling).
+    assert connector.connects - connects <= 10
+    assert pool.stats()["rejects"] == {"backoff": 50}
+
+
+def test_the_prober_reconnects_by_itself_and_serves_the_waiters() -> None:
+    """The server back: the prober's connection goes to the longest waiter, then slots to all."""
+    pool = _pool(pool_size=3, timeout=5.0)
+    connector: _Connector = pool.connector  # type: ignore[assignment]
+    held = pool.checkout()
+    connector.down = ConnectionRefusedError("refused")
+    waiters = [gevent.spawn(pool.checkout) for _ in range(4)]
+    _wait_until(lambda: pool.stats()["waiting"] == 4 and pool.stats()["backed_off"])
+    connector.down = None
+    # Two of four get a connection without any being given back: the free slots.
+    _wait_until(lambda: sum(w.dead for w in waiters) == 2)
+    stats = pool.stats()
+    assert (stats["backed_off"], stats["open"], stats["waiting"]) == (False, 3, 2)
+    served = [w for w in waiters if w.dead]
+    for entry in [held, *(w.value for w in served)]:
+        pool.checkin(entry)
+    gevent.joinall(waiters, timeout=1.0, raise_error=True)
+    for w in waiters:
+        if w not in served:
+            pool.checkin(w.value)
+    assert _counts(pool) == (3, 3, 0)
+
+
+def test_connections_being_closed_are_not_in_use() -> None:
+    """in_use counts what requests hold: closes by the reaper or at shutdown do not show."""
+    pool = _pool(pool_size=2)
+    for entry in [pool.checkout(), pool.checkout()]:
+        pool.checkin(entry)
+    seen: list[tuple[int, int, int]] = []
+    pool.connector.on_close = lambda conn: seen.append(_counts(pool))  # type: ignore[attr-defined]
+    pool.close()
+    assert [in_use for _, _, in_use in seen] == [0, 0]
+    assert [open_ for open_, _, _ in seen] == [2, 1]
+
+
+def test_the_overflow_stays_idle_until_overflow_max_idle() -> None:
+    """Connections above pool_size are reused across bursts, closed once idle long enough."""
+    pool = _pool(pool_size=1, max_overflow=2, overflow_max_idle=0.2)
+    connector: _Connector = pool.connector  # type: ignore[assignment]
+    for _ in range(3):  # three bursts of three
+        held = [pool.checkout() for _ in range(3)]
+        for entry in held:
+            pool.checkin(entry)
+    assert connector.connects == 3
+    pool.reap()
+    assert _counts(pool) == (3, 3, 0), "not idle long enough yet"
+    time.sleep(0.2)  # the idle time the setting names, no race involved
+    pool.reap()
+    assert _counts(pool) == (1, 1, 0)
+    assert pool.stats()["discards"] == {"overflow": 2}
+
+
+def _wait_until(condition: Callable[[], bool], timeout: float = 2.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        gevent.sleep(0.001)
