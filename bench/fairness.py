@@ -46,8 +46,8 @@ class _Connector:
     def classify(self, exc: Exception) -> str:
         return "error"
 
-    def reachable(self) -> bool:
-        return True
+    def reachable(self) -> bool | None:
+        return None
 
     def check(self, conn: Any, ping: bool) -> str | None:
         return None

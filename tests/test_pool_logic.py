@@ -72,8 +72,8 @@ class _Connector:
             return "unreachable"
         return "lost" if isinstance(exc, _Lost) else "error"
 
-    def reachable(self) -> bool:
-        return True
+    def reachable(self) -> bool | None:
+        return None
 
     def check(self, conn: _Conn, ping: bool) -> str | None:
         return None

@@ -331,8 +331,9 @@ class AliasConnector:
         kind: str = self.dialect.classify_connect_error(exc)
         return kind
 
-    def reachable(self) -> bool:
-        return bool(self.dialect.reachable(connections.settings[self.alias]))
+    def reachable(self) -> bool | None:
+        known: bool | None = self.dialect.reachable(connections.settings[self.alias])
+        return known
 
     def connect(self) -> Any:
         wrapper: Any = _django_create_connection(connections, self.alias)

@@ -77,8 +77,8 @@ def _timed_out(exc: BaseException | None) -> bool:
     return False
 
 
-def reachable(settings: dict[str, Any]) -> bool:
-    """Whether something accepts TCP connections at the alias's address; True when unsure.
+def reachable(settings: dict[str, Any]) -> bool | None:
+    """Whether something accepts TCP connections at the alias's address; None: cannot tell.
 
     The prober asks this before a full connect, which costs PyMySQL a TLS context
     (about 25 ms of CPU) even when the server is not there.
@@ -86,11 +86,11 @@ def reachable(settings: dict[str, Any]) -> bool:
     host = settings.get("HOST") or ""
     options = settings.get("OPTIONS") or {}
     if host.startswith("/") or "unix_socket" in options:
-        return True
+        return None
     if host in ("", "localhost") and getattr(sys.modules.get("MySQLdb"), "__name__", "") != (
         "pymysql"
     ):
-        return True  # mysqlclient goes through the socket file there
+        return None  # mysqlclient goes through the socket file there
     port = int(settings.get("PORT") or options.get("port") or _DEFAULT_PORT)
     return _sync.tcp_reachable(host or "localhost", port, options.get("connect_timeout", 10))
 

@@ -75,11 +75,11 @@ def classify_connect_error(exc: BaseException) -> str:
     return "error"
 
 
-def reachable(settings: dict[str, Any]) -> bool:
-    """Whether something accepts TCP connections at the alias's address; True when unsure."""
+def reachable(settings: dict[str, Any]) -> bool | None:
+    """Whether something accepts TCP connections at the alias's address; None: cannot tell."""
     host = settings.get("HOST") or ""
     if not host or host.startswith("/") or "," in host:
-        return True  # a socket directory, or libpq's multi-host string
+        return None  # a socket directory, or libpq's multi-host string
     port = int(settings.get("PORT") or 5432)
     timeout = (settings.get("OPTIONS") or {}).get("connect_timeout") or 10
     return _sync.tcp_reachable(host, port, float(timeout))

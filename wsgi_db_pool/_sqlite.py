@@ -25,8 +25,8 @@ def classify_connect_error(exc: BaseException) -> str:
     return "error"
 
 
-def reachable(settings: dict[str, Any]) -> bool:
-    return True
+def reachable(settings: dict[str, Any]) -> bool | None:
+    return None
 
 
 def is_quiet(raw: Any) -> bool:

@@ -33,14 +33,15 @@ __all__ = ["Connector", "Pool", "PooledConnection"]
 _generations = itertools.count()
 
 # Backoff after evidence that the server is out of reach: the first step, and the
-# ceilings of the steps by what the evidence was. Where nothing answers (refused,
-# unreachable, timed out) a probe costs a TCP handshake (Connector.reachable), so it
-# is probed often and service resumes within about 0.1 s of the server's return.
-# A listener that drops connections at the door (a proxy without a backend) costs a
-# full connect a probe; a server that turns connections away (too many
-# connections) would only be loaded further.
+# ceilings of the steps by what the evidence was. Where nothing listens at the
+# server's address, a probe costs one refused TCP connect (Connector.reachable), so
+# it is probed every 10 ms at most and service resumes as soon as the server
+# listens; other probes cost a full connect (a TLS context, a login): where nothing
+# answers (unreachable, timed out), where a listener drops connections at the door
+# (a proxy without a backend), and least often where the server turns them away
+# (too many connections), which probes would only load further.
 BACKOFF_FIRST = 0.01
-BACKOFF_CEILING = {"unreachable": 0.08, "lost": 0.25, "refused": 1.0}
+BACKOFF_CEILING = {"down": 0.01, "unreachable": 0.08, "lost": 0.25, "refused": 1.0}
 BACKOFF_MAX = max(BACKOFF_CEILING.values())
 
 # What a connect failure says (Connector.classify): "unreachable", "refused" and a
@@ -58,6 +59,10 @@ WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 
 _SLOT: Any = object()
 _CLOSED: Any = object()
 _UNAVAILABLE: Any = object()
+# A checkout refused while nothing listens may take the probe's turn when it is due:
+# on a busy worker the prober's timer fires late (every greenlet that is ready runs
+# a whole request first), and a refused TCP connect costs the request nothing.
+_PROBE: Any = object()
 
 
 class Connector(Protocol):
@@ -72,8 +77,8 @@ class Connector(Protocol):
     def classify(self, exc: Exception) -> str:
         """What a failed connect says: "unreachable", "refused", "lost" or "error"."""
 
-    def reachable(self) -> bool:
-        """A cheap look (a TCP connect) whether a server listens; True when unsure."""
+    def reachable(self) -> bool | None:
+        """A cheap look (a TCP connect) whether anything listens; None when it cannot tell."""
 
     def check(self, conn: Any, ping: bool) -> str | None:
         """A discard reason if ``conn`` must not be handed out, else None; never raises."""
@@ -215,6 +220,7 @@ class Pool:
         self._held: set[PooledConnection] | None = set() if self._warn_hold is not None else None
         self._backoff = _Backoff()
         self._prober = False  # a prober is running for this generation
+        self._probing = False  # a probe (the prober's or a checkout's) is under way
 
     # -- checkout ---------------------------------------------------------------
 
@@ -231,6 +237,8 @@ class Pool:
             self.drain_leaked()
         while True:
             item = self._take(start, deadline)
+            if item is _PROBE:
+                return self._probe_for(start, deadline)
             if item is not _SLOT and self._usable(item, start, deadline):
                 return self._hand_out(item, start)
             # A slot, or a stale connection's (discarded): the caller opens a new one.
@@ -260,6 +268,9 @@ class Pool:
                 self._wait_buckets[0] += 1
                 return _SLOT
             if self._backoff.active and not self._established_locked():
+                if self._probe_due_locked():
+                    self._in_use += 1
+                    return _PROBE
                 self._rejects["backoff"] += 1
                 error = self._unavailable_error()
                 reason = "backoff"
@@ -535,6 +546,58 @@ class Pool:
         )
         thread.start()
 
+    def _probe_due_locked(self) -> bool:
+        # Reserves the slot and the probe's turn when it is due.
+        now = time.monotonic()
+        if (
+            self._probing
+            or self._backoff.kind != "down"
+            or now < self._backoff.until
+            or self._open >= self._cap
+        ):
+            return False
+        self._probing = True
+        self._open += 1
+        self._connecting += 1
+        return True
+
+    def _probe_for(self, start: float, deadline: float) -> PooledConnection:
+        """The probe's turn, taken by a checkout: a connection, or PoolUnavailable at once."""
+        try:
+            conn = self._probe_connect(start, deadline)
+        except BaseException as exc:
+            self._probe_failed(exc, held=True)
+            if not isinstance(exc, Exception):
+                raise
+            self._log.warning("db_pool.reject", **self._counts(), reason="backoff")
+            raise self._unavailable_error() from exc
+        with self._lock:
+            self._probing = False
+        entry = self._opened(conn, start, checkout=True)
+        if self._held is not None:
+            self._held.add(entry)
+        return entry
+
+    def _probe_failed(self, exc: BaseException, *, held: bool) -> None:
+        start_prober = False
+        with self._lock:
+            self._probing = False
+            self._connecting -= 1
+            if held:
+                self._in_use -= 1
+            if isinstance(exc, Exception):
+                kind = "down" if isinstance(exc, _NothingListens) else self.connector.classify(exc)
+                self._backoff.failed(kind, time.monotonic())
+                if kind == "down":
+                    self._rejects["backoff"] += held
+                else:
+                    self._connect_errors += 1
+                    self._last_connect_error = _describe(exc)
+                start_prober = self._claim_prober_locked()
+            self._release_slot_locked()
+        if start_prober:
+            self._start_prober()
+
     def _probe(self, generation: int) -> None:
         """While backed off: wait the backoff's step, try one connect, repeat."""
         try:
@@ -558,11 +621,11 @@ class Pool:
                 return False
             now = time.monotonic()
             delay = self._backoff.until - now
-            if delay <= 0 and self._open >= self._cap:
-                # Every slot holds a connection: nothing to open, look again later.
-                self._backoff.until = now + BACKOFF_CEILING["unreachable"]
-                delay = self._backoff.until - now
+            if delay <= 0 and (self._open >= self._cap or self._probing):
+                # Every slot holds a connection, or a checkout is probing: look later.
+                delay = BACKOFF_CEILING[self._backoff.kind]
             if delay <= 0:
+                self._probing = True
                 self._open += 1
                 self._connecting += 1
         if delay > 0:
@@ -570,26 +633,39 @@ class Pool:
             return True
         start = time.monotonic()
         try:
-            if self._backoff.kind == "unreachable" and not self.connector.reachable():
-                raise PoolUnavailable("nothing listens at the server's address")
-            conn = self._open_connection(start, start + self._config.timeout)
-        except Exception as exc:
-            kind = (
-                "unreachable" if isinstance(exc, PoolUnavailable) else self.connector.classify(exc)
-            )
-            with self._lock:
-                self._connecting -= 1
-                self._backoff.failed(kind, time.monotonic())
-                if not isinstance(exc, PoolUnavailable):
-                    self._connect_errors += 1
-                    self._last_connect_error = _describe(exc)
-                self._release_slot_locked()
-            return True
+            conn = self._probe_connect(start, start + self._config.timeout)
         except BaseException as exc:
-            self._connect_failed(exc, held=False, retry=False, deadline=0.0)
+            self._probe_failed(exc, held=False)
+            if isinstance(exc, Exception):
+                return True
             raise
+        with self._lock:
+            self._probing = False
         self._deliver(self._opened(conn, start, checkout=False))
         return True  # the next step sees the backoff over and ends
+
+    def _probe_connect(self, start: float, deadline: float) -> Any:
+        # The cheap look first, where the last evidence was that nothing answered:
+        # a full connect costs PyMySQL a TLS context even against a closed port.
+        if self._backoff.kind in ("down", "unreachable"):
+            listening = self.connector.reachable()
+            if listening is False:
+                raise _NothingListens
+            if listening:
+                self._listening_again()
+        return self._open_connection(start, deadline)
+
+    def _listening_again(self) -> None:
+        # The server listens again: requests may connect at once (at most the cap),
+        # as they would without a pool, rather than wait for this probe's login,
+        # which on a busy worker takes a scheduling round per round trip. If their
+        # connects fail, that is evidence again, and the pool backs off again.
+        with self._lock:
+            if not self._backoff.active:
+                return
+            self._backoff.clear()
+            self._grant_slots_locked(time.monotonic())
+        self._log.info("db_pool.recovered", **self._counts())
 
     # -- checkin ----------------------------------------------------------------
 
@@ -945,6 +1021,10 @@ class Pool:
         if self._last_connect_error:
             msg += f"; last connect error: {self._last_connect_error}"
         return PoolTimeout(msg, round(waited, 6))
+
+
+class _NothingListens(Exception):
+    """The prober's cheap look found nothing listening at the server's address."""
 
 
 def _describe(exc: BaseException) -> str:

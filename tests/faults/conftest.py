@@ -77,9 +77,17 @@ def add_alias(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., str]]:
     """
     added: list[str] = []
 
-    def add(name: str, *, port: int, host: str = DB_HOST, **options: Any) -> str:
+    def add(
+        name: str,
+        *,
+        port: int,
+        host: str = DB_HOST,
+        conn_max_age: int = 0,
+        **options: Any,
+    ) -> str:
         entry = copy.deepcopy(connections.settings["default"])
         entry["HOST"], entry["PORT"] = host, port
+        entry["CONN_MAX_AGE"] = conn_max_age  # for stock Django beside the pool
         entry["OPTIONS"] = {**FAST_OPTIONS, **options}
         monkeypatch.setitem(connections.settings, name, entry)
         added.append(name)

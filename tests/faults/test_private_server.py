@@ -11,7 +11,6 @@ import pytest
 
 from tests.conftest import OTHER_USER, Pooled, request
 from tests.faults.conftest import PrivateServer, wait_for
-from tests.faults.test_network import first_success
 from wsgi_db_pool import PoolError
 from wsgi_db_pool.pool import BACKOFF_MAX
 

@@ -1,0 +1,306 @@
+"""The pool beside stock Django on the same fault schedule: it never fails more requests.
+
+Each test plays one fault against the pool (``PoolingMiddleware(pool_size=10,
+max_overflow=10)``) and, on the same schedule, against stock Django with
+``CONN_MAX_AGE=60`` (a connection per client greenlet, kept between its requests),
+and compares what the clients saw. Clients send on a fixed beat rather than as fast
+as answers come, so that a fast 503 does not buy a side more requests to fail.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+from wsgiref.validate import validator
+
+import gevent
+import pymysql
+import pytest
+from django.db import connections
+
+from tests.conftest import USER, Pooled, Server, request
+from tests.faults.conftest import FAST_OPTIONS, PrivateServer, running_queries, wait_for
+from tests.faults.proxy import Proxy
+from tests.settings import DB_PORT
+
+pytestmark = pytest.mark.fault
+
+CAP = 20  # pool_size=10 + max_overflow=10, the issue's configuration
+STALL_BOUND = FAST_OPTIONS["connect_timeout"] + FAST_OPTIONS["read_timeout"] + 1.0
+
+
+@dataclass
+class Load:
+    """``clients`` greenlets each sending ``path`` every ``every`` seconds until stopped."""
+
+    app: Callable[..., Any]
+    path: str
+    query: str
+    clients: int
+    every: float
+    alias: str
+    done: list[tuple[float, float, int]] = field(default_factory=list)  # started, ended, status
+    _running: bool = True
+    _greenlets: list[gevent.Greenlet] = field(default_factory=list)
+
+    def start(self) -> Load:
+        self._greenlets = [gevent.spawn(self._client, i) for i in range(self.clients)]
+        return self
+
+    def _client(self, i: int) -> None:
+        beat = time.monotonic() + self.every * i / self.clients  # spread the first requests
+        try:
+            while self._running:
+                gevent.sleep(max(beat - time.monotonic(), 0.0))
+                beat = max(beat + self.every, time.monotonic())
+                started = time.monotonic()
+                status = request(self.app, self.path, self.query).status_code
+                self.done.append((started, time.monotonic(), status))
+        finally:
+            # Stock Django keeps the greenlet's connection (CONN_MAX_AGE): close it, as
+            # the garbage collector would some time later.
+            wrapper = getattr(connections._connections, self.alias, None)  # type: ignore[attr-defined]
+            if wrapper is not None:
+                wrapper.close()
+
+    def stop(self) -> list[tuple[float, float, int]]:
+        self._running = False
+        gevent.joinall(self._greenlets, timeout=10.0, raise_error=True)
+        assert all(g.dead for g in self._greenlets), "a client hangs"
+        return self.done
+
+    def failed(self, since: float = 0.0) -> list[int]:
+        return [status for started, _, status in self.done if started >= since and status != 200]
+
+    def first_success(self, since: float) -> float | None:
+        ends = [ended for started, ended, status in self.done if started >= since and status == 200]
+        return min(ends) - since if ends else None
+
+
+@dataclass
+class Sides:
+    """The two apps compared on one alias: stock Django, and the pool around the same Django."""
+
+    stock: Callable[..., Any]
+    pooled: Pooled
+
+    def apps(self) -> list[tuple[str, Callable[..., Any]]]:
+        return [("stock", self.stock), ("pooled", self.pooled.app)]
+
+
+@pytest.fixture
+def sides(
+    make_pooled: Callable[..., Pooled], django_app: Any, monkeypatch: pytest.MonkeyPatch
+) -> Callable[[str], Sides]:
+    """Make the two sides for an alias, stock Django keeping its connections 60 s."""
+
+    def make(alias: str) -> Sides:
+        monkeypatch.setitem(connections.settings[alias], "CONN_MAX_AGE", 60)
+        pooled = make_pooled(aliases=[alias], pool_size=10, max_overflow=10)
+        return Sides(validator(django_app), pooled)
+
+    return make
+
+
+def _kill_random(observer: Server, user: str = USER) -> bool:
+    ids = list(observer.connection_ids(user))
+    if not ids:
+        return False
+    try:
+        observer.rows(f"KILL {random.choice(ids)}")
+    except pymysql.MySQLError as exc:
+        if exc.args[0] == 1094:  # unknown thread: it ended by itself meanwhile
+            return False
+        raise
+    return True
+
+
+@pytest.mark.slow
+def test_killing_a_connection_a_second_fails_no_more_than_stock(
+    sides: Callable[[str], Sides],
+    add_alias: Callable[..., str],
+    server: Server,
+) -> None:
+    """KILL an app connection twice a second under load: at most one failure a kill, no 503."""
+    alias = add_alias("killed", port=DB_PORT)
+    both = sides(alias)
+    seen: dict[str, tuple[int, list[int]]] = {}
+    # 60 clients: stock Django's 60 connections leave room on the shared server.
+    for side, app in both.apps():
+        load = Load(app, "/hold/", f"alias={alias}&seconds=0.005", 60, 0.05, alias)
+        load.start()
+        wait_for(lambda load=load: len(load.done) >= 200, timeout=10.0, what="warm-up")
+        kills = 0
+        for _ in range(16):  # 8 s, two kills a second
+            gevent.sleep(0.5)  # the fault's schedule, not a wait for a result
+            kills += _kill_random(server)
+        load.stop()
+        seen[side] = (kills, load.failed())
+    print(f"\nkills and failures: { ({k: (n, len(f)) for k, (n, f) in seen.items()}) }")
+    kills, failed = seen["pooled"]
+    assert kills >= 12
+    assert 503 not in failed, "a kill must never cost a queue of 503s"
+    assert len(failed) <= kills
+    assert len(failed) <= len(seen["stock"][1])
+    stats = both.pooled.stats(alias)
+    assert (stats["in_use"], stats["waiting"], stats["rejects"]) == (0, 0, {})
+
+
+def test_a_connect_killed_during_setup_costs_no_request(
+    make_pooled: Callable[..., Pooled],
+    django_app: Any,
+    add_alias: Callable[..., str],
+    server: Server,
+) -> None:
+    """A KILL during a new connection's setup, 10 requests queued: all served; stock fails one."""
+    # Every new connection spends 0.3 s in its setup, where the KILL lands.
+    alias = add_alias("slow_setup", port=DB_PORT, init_command="DO SLEEP(0.3)")
+    pooled = make_pooled(aliases=[alias], pool_size=2, max_overflow=0, timeout=10.0)
+    statuses: dict[str, list[int]] = {}
+    for side, app in (("pooled", pooled.app), ("stock", validator(django_app))):
+        if side == "pooled":
+            request(app, "/read/", f"alias={alias}")  # one connection open and idle
+        holder = gevent.spawn(request, app, "/hold/", f"alias={alias}&seconds=0.5")
+        queued = [gevent.spawn(request, app, "/read/", f"alias={alias}") for _ in range(10)]
+        [setting_up] = wait_for(
+            lambda: running_queries(server, "DO SLEEP%")[:1], what="a connect in its setup"
+        )
+        server.rows(f"KILL {setting_up}")
+        gevent.joinall([holder, *queued], timeout=10.0, raise_error=True)
+        statuses[side] = sorted(g.value.status_code for g in [holder, *queued])
+    assert statuses["pooled"] == [200] * 11
+    assert statuses["stock"].count(200) <= 10, statuses["stock"]
+    stats = pooled.stats(alias)
+    assert (stats["connect_errors"], stats["backed_off"], stats["rejects"]) == (0, False, {})
+    assert server.wait_count(stats["open"]) == stats["open"] <= 2
+
+
+@pytest.mark.slow
+def test_server_down_three_seconds(
+    sides: Callable[[str], Sides],
+    private: PrivateServer,
+) -> None:
+    """Down 3 s: fast 503s, first success within 0.1 s of its return, none failing after 0.25 s."""
+    both = sides("private")
+    report: dict[str, dict[str, Any]] = {}
+    for side, app in both.apps():
+        # 50 clients: stock Django's 50 connections fit the private server's 100.
+        load = Load(app, "/hold/", "alias=private&seconds=0.005", 50, 0.05, "private")
+        load.start()
+        wait_for(lambda load=load: len(load.done) >= 200, timeout=10.0, what="warm-up")
+        connects: list[tuple[float, int]] = []
+        sampler = gevent.spawn(_sample_connects, both.pooled, connects)
+        down_at = time.monotonic()
+        private.mariadb.stop()
+        gevent.sleep(3.0)  # the outage itself
+        private.mariadb.start()
+        up_at = time.monotonic()
+        # What the server counted in its first second back: every connect, anyone's.
+        counted = gevent.spawn_later(1.0, _server_connections, private)
+        wait_for(
+            lambda load=load, up_at=up_at: load.first_success(up_at) is not None,
+            what="a success after the restart",
+        )
+        gevent.sleep(1.5)  # keep the load on the recovered server (the schedule)
+        load.stop()
+        sampler.kill()
+        in_outage = [
+            ended - started for started, ended, _ in load.done if down_at <= started < up_at
+        ]
+        failures = [started for started, _, status in load.done if status != 200]
+        report[side] = {
+            "first_success": load.first_success(up_at),
+            "last_failure": max(failures) - up_at,
+            "failed_after_0.25s": len(load.failed(since=up_at + 0.25)),
+            "failed_after_return": len(load.failed(since=up_at)),
+            "failed": len(load.failed(since=down_at)),
+            "longest_in_outage": max(in_outage),
+            "pool_connects_first_second": _connects_within(connects, up_at, 1.0),
+            "server_connections_first_second": counted.get(timeout=5.0),
+            "requests": len(load.done),
+        }
+    print(f"\nserver down 3 s: {report}")
+    ours = report["pooled"]
+    assert ours["first_success"] < 0.1
+    assert ours["failed_after_0.25s"] == 0
+    assert ours["longest_in_outage"] < STALL_BOUND
+    assert ours["pool_connects_first_second"] <= CAP
+    assert ours["failed_after_return"] <= report["stock"]["failed_after_return"]
+    # Failing no longer than stock Django (its window ends with its first connects).
+    assert ours["last_failure"] <= max(report["stock"]["last_failure"], 0.0) + 0.05
+    stats = both.pooled.stats("private")
+    assert (stats["in_use"], stats["waiting"], stats["backed_off"]) == (0, 0, False)
+    assert private.wait_count(stats["open"]) == stats["open"] <= CAP
+
+
+def _sample_connects(pooled: Pooled, into: list[tuple[float, int]]) -> None:
+    while True:
+        into.append((time.monotonic(), pooled.stats("private")["connects"]))
+        gevent.sleep(0.01)
+
+
+def _server_connections(private: PrivateServer) -> int:
+    private.reconnect()
+    return private.global_status("Connections")
+
+
+def _connects_within(samples: list[tuple[float, int]], start: float, seconds: float) -> int:
+    before = [count for at, count in samples if at <= start]
+    within = [count for at, count in samples if at <= start + seconds]
+    return within[-1] - (before[-1] if before else 0)
+
+
+def test_a_stall_at_commit_opens_no_connection_behind_the_pool(
+    make_pooled: Callable[..., Pooled],
+    django_app: Any,
+    proxy: Proxy,
+    proxied: str,
+    server: Server,
+) -> None:
+    """Network stalled inside atomic(): the request fails within its bound, nothing reconnects."""
+    pooled = make_pooled(aliases=[proxied], pool_size=2, max_overflow=0)
+    took: dict[str, float] = {}
+    for side, app in (("pooled", pooled.app), ("stock", validator(django_app))):
+        request(app, "/read/", f"alias={proxied}")  # the pool's connection open
+        accepts = proxy.accepts
+        started = time.monotonic()
+        writing = gevent.spawn(
+            request, app, "/fault-write/", f"alias={proxied}&name={side}&sleep=0.3"
+        )
+        wait_for(lambda: running_queries(server, "SELECT SLEEP%"), what="the write's query")
+        proxy.stall()
+        exchange = writing.get(timeout=STALL_BOUND + 5.0)
+        took[side] = time.monotonic() - started
+        assert exchange.status_code == 500
+        if side == "pooled":
+            # No connect was tried while the network stalled: not ours, not Django's.
+            assert proxy.accepts == accepts
+        proxy.resume()
+    print(f"\nstall inside atomic(): {took}")
+    assert took["pooled"] < STALL_BOUND
+    assert took["pooled"] <= took["stock"]
+    assert server.committed_names() == []
+    stats = pooled.stats(proxied)
+    assert (stats["in_use"], stats["discards"]) == (0, {"broken": 1})
+
+
+@pytest.mark.slow
+def test_a_swinging_load_reuses_the_overflow(
+    make_pooled: Callable[..., Pooled], server: Server
+) -> None:
+    """Load swinging between 5 and 100 clients: connects stay within twice the cap."""
+    pooled = make_pooled(aliases=["default"], pool_size=10, max_overflow=10)
+    for _ in range(6):  # 12 s: a burst, then a lull
+        for clients in (100, 5):
+            load = Load(pooled.app, "/hold/", "seconds=0.005", clients, 0.02, "default")
+            load.start()
+            gevent.sleep(1.0)  # the schedule
+            load.stop()
+            assert load.failed() == []
+    stats = pooled.stats()
+    print(f"\nswinging load: {stats['connects']} connects, {stats['checkouts']} checkouts")
+    assert stats["connects"] <= 2 * CAP
+    assert server.wait_count(stats["open"]) == stats["open"] <= CAP
