@@ -1,0 +1,191 @@
+"""``pooled()`` next to what the caller already holds: atomic(), a TestCase, no pool at all."""
+
+from __future__ import annotations
+
+import contextlib
+import unittest
+from collections.abc import Callable
+from typing import Any
+
+import django.test
+import gevent
+import pytest
+from django.db import connections, transaction
+
+import wsgi_db_pool
+from tests.app.models import Item
+from tests.conftest import Pooled, Server, events
+
+
+class Rollback(Exception):
+    """Raised inside atomic() to roll the block back."""
+
+
+def _conn_id() -> int:
+    with connections["default"].cursor() as cursor:
+        cursor.execute("SELECT CONNECTION_ID()")
+        return int(cursor.fetchone()[0])
+
+
+@wsgi_db_pool.pooled
+def read_then_write(name: str) -> tuple[list[str], int]:
+    """A helper as an application writes one: read the rows, add one; and where it ran."""
+    names = list(Item.objects.order_by("id").values_list("name", flat=True))
+    Item.objects.create(name=name)
+    return names, _conn_id()
+
+
+@wsgi_db_pool.pooled
+def pooled_conn_id() -> int:
+    return _conn_id()
+
+
+@pytest.fixture(params=["pool", "no-pool"])
+def pool(request: pytest.FixtureRequest, make_pooled: Callable[..., Pooled]) -> Pooled | None:
+    """One open PoolingMiddleware in the process, or none (tests, eager Celery, pooling off)."""
+    if request.param == "no-pool":
+        return None
+    return make_pooled(pool_size=1, max_overflow=0, timeout=2.0)
+
+
+def test_helper_inside_atomic_sees_the_block_and_rolls_back_with_it(
+    pool: Pooled | None, server: Server
+) -> None:
+    """A @pooled helper inside atomic() sees the block's row, and the rollback undoes both rows."""
+    seen: dict[str, Any] = {}
+
+    def command() -> None:
+        with transaction.atomic():
+            Item.objects.create(name="block")
+            seen["outer"] = _conn_id()
+            seen["rows"], seen["inner"] = read_then_write("helper")
+            seen["committed"] = server.committed_names()
+            raise Rollback
+
+    with pytest.raises(Rollback):
+        command()
+    assert seen["rows"] == ["block"]
+    assert seen["inner"] == seen["outer"]
+    assert seen["committed"] == []  # the helper's row did not commit on its own either
+    assert server.committed_names() == []
+    if pool is not None:
+        assert pool.stats()["checkouts"] == 0
+    assert server.connection_ids() == {seen["outer"]}
+
+
+@pytest.mark.parametrize(
+    ("state", "joins"),
+    [
+        pytest.param("unbound", False, id="nothing-bound"),
+        pytest.param("bound", False, id="bound-unconnected"),  # as django.setup() leaves it
+        pytest.param("connected", True, id="connected"),  # a command that has queried
+        pytest.param("atomic", True, id="in-atomic"),
+    ],
+)
+def test_pooled_joins_only_a_connection_in_use(
+    pooled: Pooled, server: Server, state: str, joins: bool
+) -> None:
+    """With a pool, pooled() joins the thread's wrapper if connected or in atomic(), else
+    checks out."""
+    own: int | None = None
+    with contextlib.ExitStack() as stack:
+        if state != "unbound":
+            wrapper = connections["default"]
+        if state == "atomic":
+            stack.enter_context(transaction.atomic())
+        if joins:
+            own = _conn_id()
+        inside = pooled_conn_id()
+        if state != "unbound":
+            assert connections["default"] is wrapper  # set aside, then bound again
+    stats = pooled.stats()
+    if joins:
+        assert inside == own
+        assert (stats["checkouts"], stats["open"]) == (0, 0)
+    else:
+        assert (stats["checkouts"], stats["idle"]) == (1, 1)
+        assert server.connection_ids() == {inside}  # the pool's; the thread opened none
+
+
+def test_without_a_pool_a_greenlet_closes_what_it_opened(
+    server: Server, logs: list[dict[str, Any]]
+) -> None:
+    """No middleware: a @pooled greenlet runs on Django's own connection, closed at its end."""
+    conn_id = gevent.spawn(pooled_conn_id).get()
+    # Closed by the block itself, not by the garbage collector after the greenlet.
+    assert server.wait_count(0) == 0
+    assert conn_id not in server.connection_ids()
+    [unpooled] = events(logs, "db_pool.unpooled", alias=None)
+    assert unpooled["log_level"] == "debug"
+    assert unpooled["where"] == f"{__name__}.pooled_conn_id"
+
+
+@pytest.mark.parametrize(
+    ("state", "kept"),
+    [
+        pytest.param("bound", False, id="bound-unconnected"),
+        pytest.param("connected", True, id="connected"),
+    ],
+)
+def test_without_a_pool_the_block_keeps_what_the_thread_had(
+    server: Server, state: str, kept: bool
+) -> None:
+    """No middleware: a connection the thread had stays open; one the block opened is closed."""
+    wrapper = connections["default"]
+    own = _conn_id() if state == "connected" else None
+    inside = pooled_conn_id()
+    assert connections["default"] is wrapper
+    assert (inside == own) is kept
+    assert (wrapper.connection is not None) is kept
+    assert server.wait_count(1 if kept else 0) == (1 if kept else 0)
+
+
+class HelperInTestCase(django.test.TestCase):
+    """An application's tests: data set up by the test, code that calls @pooled helpers."""
+
+    __test__ = False  # run by test_django_testcase_calling_pooled_code_passes
+
+    @classmethod
+    def setUpTestData(cls) -> None:
+        Item.objects.create(name="fixture")
+
+    def test_helper_sees_the_test_data(self) -> None:
+        Item.objects.create(name="test")
+        seen, conn_id = read_then_write("helper")
+        assert seen == ["fixture", "test"]
+        assert conn_id == _conn_id()
+
+    def test_helper_writes_are_rolled_back_between_tests(self) -> None:
+        seen, _ = read_then_write("helper")
+        assert seen == ["fixture"]
+
+    def test_view_fanning_out_to_pooled_greenlets(self) -> None:
+        response = self.client.get("/spawn/", {"n": 3, "pooled": 1})
+        assert response.status_code == 200
+        assert len(response.json()["conn_ids"]) == 3
+
+
+def test_django_testcase_calling_pooled_code_passes(pool: Pooled | None, server: Server) -> None:
+    """A django.test.TestCase whose code calls @pooled helpers passes, pool or not."""
+    result = unittest.TestResult()
+    unittest.defaultTestLoader.loadTestsFromTestCase(HelperInTestCase).run(result)
+    assert result.testsRun == 3
+    assert result.wasSuccessful(), result.failures + result.errors
+    assert server.committed_names() == []
+    if pool is not None:
+        # Only the view's greenlets checked out: the helpers joined the test's transaction.
+        assert pool.stats()["checkouts"] == 3
+
+
+def test_view_fanning_out_through_the_test_client(pool: Pooled | None, server: Server) -> None:
+    """A view spawning @pooled greenlets answers 200 through django.test.Client, pool or not."""
+    response = django.test.Client().get("/spawn/", {"n": 3, "pooled": 1})
+    assert response.status_code == 200
+    ids = response.json()["conn_ids"]
+    assert len(ids) == 3
+    if pool is None:
+        assert server.wait_count(0) == 0  # each greenlet closed the connection it opened
+    else:
+        stats = pool.stats()
+        assert (stats["checkouts"], stats["in_use"]) == (3, 0)
+        assert server.connection_ids() <= set(ids)
