@@ -15,6 +15,7 @@ from django.db import connections, transaction
 import wsgi_db_pool
 from tests.app.models import Item
 from tests.conftest import Pooled, Server, events
+from wsgi_db_pool import _django
 
 
 class Rollback(Exception):
@@ -105,6 +106,39 @@ def test_pooled_joins_only_a_connection_in_use(
     else:
         assert (stats["checkouts"], stats["idle"]) == (1, 1)
         assert server.connection_ids() == {inside}  # the pool's; the thread opened none
+
+
+def test_a_greenlet_spawned_inside_atomic_checks_out_its_own(
+    pooled: Pooled, server: Server
+) -> None:
+    """A @pooled greenlet spawned inside atomic() starts with nothing bound: it checks out,
+    and cannot see the block's uncommitted row."""
+    with transaction.atomic():
+        Item.objects.create(name="block")
+        outer = _conn_id()
+        seen, inner = gevent.spawn(read_then_write, "greenlet").get()
+    assert (seen, inner != outer) == ([], True)
+    assert pooled.stats()["checkouts"] == 1
+    assert server.committed_names() == ["block", "greenlet"]
+
+
+def test_a_pooled_wrapper_left_bound_is_not_joined(pooled: Pooled, server: Server) -> None:
+    """A pooled wrapper still bound after its lease was reclaimed from another greenlet (a
+    response never closed, collected elsewhere) is set aside, not joined: its socket is gone."""
+
+    def serve_then_call_helper() -> tuple[int, int]:
+        exchange = pooled.start("/read/")  # served here; the server never closes it
+        served = int(exchange.read_rest().decode().split(":")[1].strip(" }"))
+        lease = _django.current_lease.get()
+        assert lease is not None
+        gevent.spawn(lease.reclaim).join()
+        assert connections["default"].connection is not None  # still bound here
+        return served, pooled_conn_id()
+
+    served, inside = gevent.spawn(serve_then_call_helper).get()
+    assert inside != served
+    gevent.sleep(0.01)  # the leaked slot is freed from the loop
+    assert pooled.stats()["discards"] == {"leak": 1}
 
 
 def test_without_a_pool_a_greenlet_closes_what_it_opened(

@@ -547,7 +547,11 @@ def joined_aliases(aliases: Iterable[str]) -> frozenset[str]:
 
 
 def _in_use(wrapper: Any) -> bool:
-    return wrapper is not None and (wrapper.connection is not None or wrapper.in_atomic_block)
+    if wrapper is None or hasattr(wrapper, "_wsgi_db_pool_guard"):
+        # A pooled wrapper bound outside any lease was left by one reclaimed from
+        # another greenlet (its socket dropped): never the caller's own to join.
+        return False
+    return wrapper.connection is not None or bool(wrapper.in_atomic_block)
 
 
 class Unpooled:
