@@ -551,6 +551,10 @@ def _in_use(wrapper: Any) -> bool:
         # A pooled wrapper bound outside any lease was left by one reclaimed from
         # another greenlet (its socket dropped): never the caller's own to join.
         return False
+    return _busy(wrapper)
+
+
+def _busy(wrapper: Any) -> bool:
     return wrapper.connection is not None or bool(wrapper.in_atomic_block)
 
 
@@ -569,7 +573,8 @@ class Unpooled:
         bound = _bound()
         self.owner = _sync.get_ident()
         self.bound = dict(bound)
-        self.in_use = {alias for alias, wrapper in bound.items() if _in_use(wrapper)}
+        # Whatever had a connection stays as it was, even a leftover pooled wrapper.
+        self.in_use = {alias for alias, wrapper in bound.items() if _busy(wrapper)}
 
     def end(self) -> None:
         """Close what the block connected, unbind what it bound; the first error comes last."""
