@@ -601,8 +601,14 @@ class Unpooled:
 def _bound() -> dict[str, Any]:
     # The current thread's (greenlet's) wrappers: asgiref's thread-critical Local
     # keeps them in a threading.local, whose __dict__ is this thread's own; ours is
-    # that threading.local itself (its _storage is itself).
-    bound: dict[str, Any] = _handler._connections._storage.__dict__
+    # that threading.local itself. Its _storage property returns itself, but reading
+    # a property through gevent's local costs 0.4 us more than __dict__ (measured).
+    store = _handler._connections
+    bound: dict[str, Any]
+    if type(store) is _storage._storage_type:
+        bound = store.__dict__
+    else:
+        bound = store._storage.__dict__
     return bound
 
 
