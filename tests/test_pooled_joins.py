@@ -14,7 +14,7 @@ from django.db import connections, transaction
 
 import wsgi_db_pool
 from tests.app.models import Item
-from tests.conftest import Pooled, Server, events
+from tests.conftest import OTHER_USER, Pooled, Server, events
 from wsgi_db_pool import _django
 
 
@@ -106,6 +106,26 @@ def test_pooled_joins_only_a_connection_in_use(
     else:
         assert (stats["checkouts"], stats["idle"]) == (1, 1)
         assert server.connection_ids() == {inside}  # the pool's; the thread opened none
+
+
+def test_only_the_aliases_not_in_use_are_checked_out(pooled: Pooled, server: Server) -> None:
+    """Inside atomic() on default, a @pooled helper joins default and checks out other."""
+
+    @wsgi_db_pool.pooled
+    def both() -> tuple[int, str]:
+        with connections["other"].cursor() as cursor:
+            cursor.execute("SELECT CURRENT_USER()")
+            other_user = str(cursor.fetchone()[0])
+        return _conn_id(), other_user
+
+    with transaction.atomic():
+        outer = _conn_id()
+        inner, other_user = both()
+        assert pooled.stats("other")["in_use"] == 0  # given back when the helper returned
+    assert inner == outer
+    assert other_user.startswith(f"{OTHER_USER}@")
+    assert (pooled.stats()["checkouts"], pooled.stats("other")["checkouts"]) == (0, 1)
+    assert "other" not in {wrapper.alias for wrapper in connections.all(initialized_only=True)}
 
 
 def test_a_greenlet_spawned_inside_atomic_checks_out_its_own(
