@@ -49,6 +49,7 @@ def pool(request: pytest.FixtureRequest, make_pooled: Callable[..., Pooled]) -> 
     return make_pooled(pool_size=1, max_overflow=0, timeout=2.0)
 
 
+@pytest.mark.smoke
 def test_helper_inside_atomic_sees_the_block_and_rolls_back_with_it(
     pool: Pooled | None, server: Server
 ) -> None:
@@ -219,6 +220,7 @@ class HelperInTestCase(django.test.TestCase):
         assert len(response.json()["conn_ids"]) == 3
 
 
+@pytest.mark.smoke
 def test_django_testcase_calling_pooled_code_passes(pool: Pooled | None, server: Server) -> None:
     """A django.test.TestCase whose code calls @pooled helpers passes, pool or not."""
     result = unittest.TestResult()
