@@ -76,6 +76,39 @@ def test_a_pool_that_does_not_fit_exits_one(server: Server) -> None:
     assert seen["aliases"] == ["default", "other"]
 
 
+@pytest.mark.parametrize(
+    ("aliases", "shared"),
+    [
+        pytest.param(["default", "other"], True, id="two-aliases-one-server"),
+        pytest.param(["default"], False, id="one-alias"),
+    ],
+)
+def test_aliases_on_one_server_are_counted_together(
+    server: Server, aliases: list[str], shared: bool
+) -> None:
+    """Aliases on one server: a note with their combined cap against max_connections, and why
+    a router makes it count (a request holds one alias while it waits for another)."""
+    max_connections = server.value("SELECT @@max_connections")
+    picked = [arg for alias in aliases for arg in ("--alias", alias)]
+    result = _check(
+        *picked, "--pool-size", "2", "--max-overflow", "1", "--workers", "2", "--hosts", "3",
+        "--json",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    found = [f for f in json.loads(result.stdout)["findings"] if f["check"] == "shared_server"]
+    if not shared:
+        assert found == []
+        return
+    [note] = found
+    assert note["level"] == "note"
+    message = note["message"]
+    address = f"{DB_HOST}:{DB_PORT}"
+    assert f"aliases 'default' ({address}), 'other' ({address}) reach the same server" in message
+    assert "2 x (2 + 1) = 6 connections per process" in message
+    assert f"36 in all against max_connections {max_connections}" in message
+    assert "one request can hold a connection of one alias while it waits for another" in message
+
+
 def test_unreachable_alias_is_reported_and_the_rest_still_checked(server: Server) -> None:
     """With every MySQL alias (one unreachable): exit 2, the others checked all the same."""
     result = _check("--pool-size", "1", "--max-overflow", "1")

@@ -137,10 +137,12 @@ def test_greenlet_ending_inside_pooled_is_reclaimed_with_a_leak_event(
     assert pooled.json("/read/")["conn_id"] != leaked
 
 
-def test_pooled_without_an_open_middleware_says_so(server: Server) -> None:
-    """With no open PoolingMiddleware, pooled() refuses with a message naming the fix."""
+def test_pooled_with_two_open_middlewares_says_so(make_pooled: Callable[..., Pooled]) -> None:
+    """With two open PoolingMiddlewares, pooled() refuses, naming the count and the fix."""
+    make_pooled(pool_size=1, max_overflow=0)
+    make_pooled(pool_size=1, max_overflow=0)
     with (
-        pytest.raises(RuntimeError, match="pass middleware=your_application"),
+        pytest.raises(RuntimeError, match=r"found 2 open .* pass middleware=your_application"),
         wsgi_db_pool.pooled(),
     ):
         pass

@@ -28,10 +28,12 @@ from .pool import Pool, PooledConnection
 __all__ = [
     "AliasConnector",
     "Lease",
+    "Unpooled",
     "current_lease",
     "fix_storage",
     "install",
     "install_storage",
+    "joined_aliases",
     "poolable_aliases",
     "resolve_aliases",
 ]
@@ -585,11 +587,83 @@ class Lease:
                 self.pools[alias].reclaim(entry)
 
 
+# -- what this thread already holds ---------------------------------------------------
+
+
+def joined_aliases(aliases: Iterable[str]) -> frozenset[str]:
+    """Of ``aliases``, those whose wrapper bound here is connected or inside ``atomic()``.
+
+    ``pooled()`` runs on these instead of checking out: a transaction the caller began
+    (its own ``atomic()``, a ``TestCase``'s) must see what the block writes and undo it
+    on rollback. A bound wrapper that never connected (``django.setup()`` binds one
+    while it loads models) holds nothing to join.
+    """
+    bound = _bound()
+    if not bound:
+        return frozenset()
+    return frozenset(alias for alias in aliases if _in_use(bound.get(alias)))
+
+
+def _in_use(wrapper: Any) -> bool:
+    if wrapper is None or hasattr(wrapper, "_wsgi_db_pool_guard"):
+        # A pooled wrapper bound outside any lease was left by one reclaimed from
+        # another greenlet (its socket dropped): never the caller's own to join.
+        return False
+    return _busy(wrapper)
+
+
+def _busy(wrapper: Any) -> bool:
+    return wrapper.connection is not None or bool(wrapper.in_atomic_block)
+
+
+class Unpooled:
+    """A ``pooled()`` block run on Django's own connections, with no pool in the process.
+
+    Made when the block begins; ``end()`` closes what the block connected and unbinds
+    what it bound, so a spawned greenlet strands no connection (nothing else would
+    close it: Django does that only at the end of a request). Connections the thread
+    held before the block are left as they were: the block joined them.
+    """
+
+    __slots__ = ("bound", "in_use", "owner")
+
+    def __init__(self) -> None:
+        bound = _bound()
+        self.owner = _sync.get_ident()
+        self.bound = dict(bound)
+        # Whatever had a connection stays as it was, even a leftover pooled wrapper.
+        self.in_use = {alias for alias, wrapper in bound.items() if _busy(wrapper)}
+
+    def end(self) -> None:
+        """Close what the block connected, unbind what it bound; the first error comes last."""
+        if self.owner != _sync.get_ident():
+            return  # ended from elsewhere: this thread's storage is out of reach
+        bound = _bound()
+        error: BaseException | None = None
+        for alias in [alias for alias in bound if alias in connections.settings]:
+            if alias in self.in_use:
+                continue
+            try:
+                bound[alias].close()
+            except BaseException as exc:  # Django dropped it all the same; close the others
+                error = error or exc
+            before = self.bound.get(alias)
+            if before is None:
+                del bound[alias]
+            else:
+                bound[alias] = before
+        if error is not None:
+            raise error
+
+
 def _bound() -> dict[str, Any]:
     # The current thread's (greenlet's) wrappers: asgiref's thread-critical Local
     # keeps them in a threading.local, whose __dict__ is this thread's own; ours is
-    # that threading.local itself (its _storage is itself).
-    bound: dict[str, Any] = _handler._connections._storage.__dict__
+    # that threading.local itself. Its _storage property returns itself, but reading
+    # a property through gevent's local costs 0.4 us more than __dict__ (measured).
+    store = _handler._connections
+    ours = type(store) is _storage._storage_type
+    bound: dict[str, Any] = store.__dict__ if ours else store._storage.__dict__
     return bound
 
 

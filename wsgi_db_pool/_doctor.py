@@ -6,7 +6,8 @@ says, in plain words:
 
 - whether ``hosts x workers x (pool_size + max_overflow)``, summed over the aliases
   that reach the same server, fits under its ``max_connections`` (less a reserve for
-  everything else) and under the account's ``max_user_connections``;
+  everything else) and under the account's ``max_user_connections``; when several
+  aliases reach one server, what their combined cap is and why a router makes it count;
 - whether connections are retired (``max_age``, ``max_idle``) before the server's
   ``wait_timeout`` drops them;
 - whether PyMySQL builds a TLS context on every connect (CPU that stalls every
@@ -408,6 +409,34 @@ def _capacity(plan: Plan, facts: dict[str, Any], aliases: list[str], report: Rep
     )
 
 
+def _settings_address(alias: str) -> str:
+    from django.db import connections
+
+    settings = connections.settings[alias]
+    return f"{settings.get('HOST') or 'localhost'}:{settings.get('PORT') or 3306}"
+
+
+def _shared_server(plan: Plan, facts: dict[str, Any], aliases: list[str], report: Report) -> None:
+    """Aliases on one server: their pools are separate, so their caps add up there."""
+    if len(aliases) < 2:
+        return
+    per_process = plan.cap * len(aliases)
+    where = ", ".join(f"{alias!r} ({_settings_address(alias)})" for alias in aliases)
+    report.add(
+        NOTE,
+        "shared_server",
+        f"shared server: aliases {where} reach the same server, each with a pool of its "
+        f"own, so their caps add up: {len(aliases)} x ({plan.pool_size} + "
+        f"{plan.max_overflow}) = {per_process} connections per process, "
+        f"{plan.processes * per_process} in all against max_connections "
+        f"{facts['max_connections']}. Under a database router one request can hold a "
+        f"connection of one alias while it waits for another (it read from one, then "
+        f"writes to the other), so at a peak every alias is at its cap at once: size the "
+        f"server for the sum, not for one alias.",
+        server=facts["server"],
+    )
+
+
 def _per_user(plan: Plan, facts: dict[str, Any], aliases: list[str], report: Report) -> None:
     limit = facts["max_user_connections"]
     if limit <= 0:
@@ -500,6 +529,7 @@ def check(plan: Plan, settings_module: str) -> Report:
     for facts, server_aliases in by_server.values():
         report.servers.append({**facts, "aliases": server_aliases})
         _capacity(plan, facts, server_aliases, report)
+        _shared_server(plan, facts, server_aliases, report)
     for facts, user_aliases in by_user.values():
         _per_user(plan, facts, user_aliases, report)
     return report
