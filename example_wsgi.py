@@ -11,8 +11,8 @@ Configuration comes from the environment:
     DATABASE_URL          mysql://root@127.0.0.1:3306/test (parsed by dj-database-url;
                           add ?ssl-ca=/path/ca.pem for a server reached over the network)
     DB_POOL_SIZE          10     connections kept open per alias and process
-    DB_POOL_MAX_OVERFLOW  10     extra connections opened under load, closed on checkin
-    DB_POOL_TIMEOUT       5.0    seconds a request waits for a connection, then 503
+    DB_POOL_MAX_OVERFLOW  10     extra connections opened under load, closed after 30 s idle
+    DB_POOL_TIMEOUT       30     seconds a request waits for a connection, then 503
     DB_POOL_MAX_AGE       3600   seconds before a connection is replaced ("none": never)
     DB_POOL_MAX_IDLE      600    seconds a spare connection may sit idle ("none": forever)
     DB_POOL_PRE_PING      60     idle seconds after which a checkout pings first
@@ -309,7 +309,7 @@ else:
         get_wsgi_application(),
         pool_size=_env_int("DB_POOL_SIZE", 10),
         max_overflow=_env_int("DB_POOL_MAX_OVERFLOW", 10),
-        timeout=_env_float("DB_POOL_TIMEOUT", 5.0),
+        timeout=_env_float("DB_POOL_TIMEOUT", 30.0),
         max_age=_env_seconds_or_none("DB_POOL_MAX_AGE", 3600.0),
         max_idle=_env_seconds_or_none("DB_POOL_MAX_IDLE", 600.0),
         pre_ping=_env_float("DB_POOL_PRE_PING", 60.0),

@@ -28,6 +28,7 @@ SETTINGS = {
     "timeout",
     "max_age",
     "max_idle",
+    "overflow_max_idle",
     "pre_ping",
     "retry_after",
 }
@@ -67,6 +68,15 @@ BAD = [
     pytest.param({"max_idle": NAN}, ValueError, "max_idle", id="max_idle-nan"),
     pytest.param({"max_idle": INF}, ValueError, "max_idle", id="max_idle-inf"),
     pytest.param({"max_idle": False}, TypeError, "max_idle", id="max_idle-bool"),
+    pytest.param(
+        {"overflow_max_idle": 0}, ValueError, "overflow_max_idle", id="overflow_max_idle-zero"
+    ),
+    pytest.param(
+        {"overflow_max_idle": INF}, ValueError, "overflow_max_idle", id="overflow_max_idle-inf"
+    ),
+    pytest.param(
+        {"overflow_max_idle": "30"}, TypeError, "overflow_max_idle", id="overflow_max_idle-str"
+    ),
     pytest.param({"pre_ping": -1}, ValueError, "pre_ping", id="pre_ping-negative"),
     pytest.param({"pre_ping": NAN}, ValueError, "pre_ping", id="pre_ping-nan"),
     pytest.param({"pre_ping": INF}, ValueError, "pre_ping", id="pre_ping-inf"),

@@ -83,6 +83,7 @@ ARGUMENTS: dict[str, tuple[Any, Any]] = {
     "timeout": _seconds(allow_zero=False, allow_none=False, waitable=True),
     "max_age": _seconds(allow_zero=False, allow_none=True),
     "max_idle": _seconds(allow_zero=False, allow_none=True),
+    "overflow_max_idle": _seconds(allow_zero=False, allow_none=True),
     "warn_hold": _seconds(allow_zero=False, allow_none=True),
     "pre_ping": (
         st.one_of(st.booleans(), st.just(0), finite_positive, huge),
