@@ -505,8 +505,11 @@ class Lease:
         return self.active and alias in self.pools and self.owner == _sync.get_ident()
 
     def checkout(self, alias: str) -> Any:
+        # What this request already holds of other aliases: the pool serves it first
+        # and lets it past the cap, so pools never wait on each other forever.
+        holding = len(self.held) if self.held else 0
         try:
-            entry = self.pools[alias].checkout()
+            entry = self.pools[alias].checkout(holding=holding)
         except PoolError as exc:
             self.unavailable = exc
             raise

@@ -10,6 +10,14 @@ a failed connect fails at most the request that made it; the pool backs off only
 evidence that the server is out of reach, and then a prober of its own, not the
 requests, tries again; while it is backed off, requests wait for a connection given
 back, and are answered at once only when the pool has no connection at all.
+
+Several aliases: a request that holds connections of other aliases while it waits for
+this one (a router reading from a replica, then writing to the primary) could wait
+forever for a connection that only another such waiter can give back. So a checkout by
+a request holding ``h`` other connections may open up to ``cap + h`` here, and such
+requests are served before those that hold nothing. By induction on ``h`` some request
+can always go on (one holding every alias never waits), so pools never deadlock each
+other, and a pool never holds more than ``cap + aliases - 1`` connections.
 """
 
 from __future__ import annotations
@@ -125,12 +133,14 @@ class PooledConnection:
 
 
 class _Waiter:
-    __slots__ = ("item", "since", "wakeup")
+    __slots__ = ("holding", "item", "since", "wakeup")
 
-    def __init__(self, since: float) -> None:
+    def __init__(self, since: float, holding: int = 0) -> None:
         # Set under the pool's lock before the wakeup: what the waiter got.
         self.item: Any = None
         self.since = since
+        # Connections of other aliases its request holds (see the module docstring).
+        self.holding = holding
         self.wakeup = _sync.make_wakeup()
 
 
@@ -195,6 +205,9 @@ class Pool:
         self._generation = next(_generations)
         self._idle: list[PooledConnection] = []  # a stack: hot on top, the oldest idle at [0]
         self._waiters: deque[_Waiter] = deque()
+        # Waiters whose requests hold connections of other aliases: served first.
+        self._holders: deque[_Waiter] = deque()
+        self._reserved = 0  # checkouts beyond the cap, by requests holding other aliases
         # Every slot counts against the cap: idle, in use (held by a checkout, or being
         # opened for one), being opened for the pool itself, or being closed.
         self._open = 0
@@ -224,8 +237,11 @@ class Pool:
 
     # -- checkout ---------------------------------------------------------------
 
-    def checkout(self, timeout: float | None = None) -> PooledConnection:
+    def checkout(self, timeout: float | None = None, *, holding: int = 0) -> PooledConnection:
         """Take a connection for the caller's exclusive use; wait up to ``timeout`` seconds.
+
+        ``holding``: connections of other aliases the caller holds while it waits
+        here; such a checkout is served first, and may go up to ``cap + holding``.
 
         Raises PoolTimeout when none came in time, PoolClosed after ``close()``,
         PoolUnavailable when the server is out of reach and the pool has no
@@ -236,7 +252,7 @@ class Pool:
         if self._leaked:
             self.drain_leaked()
         while True:
-            item = self._take(start, deadline)
+            item = self._take(start, deadline, holding)
             if item is _PROBE:
                 return self._probe_for(start, deadline)
             if item is not _SLOT and self._usable(item, start, deadline):
@@ -247,7 +263,7 @@ class Pool:
                 return entry
             # The pool backed off meanwhile and the slot went back: decide again.
 
-    def _take(self, start: float, deadline: float) -> Any:
+    def _take(self, start: float, deadline: float, holding: int) -> Any:
         """An idle entry, or a slot reserved for the caller (_SLOT); waits its turn if neither."""
         error: Exception | None = None
         reason = ""
@@ -261,13 +277,16 @@ class Pool:
                 self._checkouts += 1
                 self._wait_buckets[0] += 1
                 return entry
-            if self._open < self._cap and not self._backoff.active:
+            if self._open < self._cap + holding and not self._backoff.active:
                 # Reserve the slot before connect() can yield to another greenlet.
                 self._open += 1
                 self._in_use += 1
                 self._wait_buckets[0] += 1
-                return _SLOT
-            if self._backoff.active and not self._established_locked():
+                if self._open <= self._cap:
+                    return _SLOT
+                self._reserved += 1
+                reason = "reserve"
+            elif self._backoff.active and not self._established_locked():
                 if self._probe_due_locked():
                     self._in_use += 1
                     return _PROBE
@@ -275,7 +294,11 @@ class Pool:
                 error = self._unavailable_error()
                 reason = "backoff"
                 start_prober = self._claim_prober_locked()
-            elif self._max_waiting is not None and len(self._waiters) >= self._max_waiting:
+            elif (
+                not holding
+                and self._max_waiting is not None
+                and len(self._waiters) >= self._max_waiting
+            ):
                 self._rejects["max_waiting"] += 1
                 error = PoolOverloaded(
                     f"no connection for alias {self.name!r}: all {self._cap} in use and "
@@ -283,8 +306,11 @@ class Pool:
                 )
                 reason = "max_waiting"
             else:
-                waiter = _Waiter(start)
-                self._waiters.append(waiter)
+                waiter = _Waiter(start, holding)
+                (self._holders if holding else self._waiters).append(waiter)
+        if reason == "reserve":
+            self._log_reserve(holding)
+            return _SLOT
         if error is not None:
             if reason == "backoff" and start_prober:
                 self._start_prober()
@@ -296,7 +322,16 @@ class Pool:
         if got is _UNAVAILABLE:
             self._log.warning("db_pool.reject", **self._counts(), reason="backoff")
             raise self._unavailable_error()
+        if holding and self._open > self._cap:
+            self._log_reserve(holding)
         return got
+
+    def _log_reserve(self, holding: int) -> None:
+        # The pool stepped in: a request holding other aliases got a slot past the cap.
+        self._log.info("db_pool.reserve", **self._counts(), holding=holding)
+
+    def _queue_of(self, waiter: _Waiter) -> deque[_Waiter]:
+        return self._holders if waiter.holding else self._waiters
 
     def _established_locked(self) -> int:
         # Connections that may yet be given back: neither being opened nor closed.
@@ -323,7 +358,7 @@ class Pool:
                     return waiter.item
                 if time.monotonic() >= deadline:
                     # Timed out, and no handoff raced in before the lock.
-                    self._waiters.remove(waiter)
+                    self._queue_of(waiter).remove(waiter)
                     self._timeouts += 1
                     error = self._timeout_error(time.monotonic() - start)
                     break
@@ -335,7 +370,7 @@ class Pool:
         with self._lock:
             item, waiter.item = waiter.item, _CLOSED
             if item is None:
-                self._waiters.remove(waiter)
+                self._queue_of(waiter).remove(waiter)
                 return
             if item is _SLOT:
                 self._in_use -= 1
@@ -700,9 +735,12 @@ class Pool:
         with self._lock:
             if self._closed:
                 return "shutdown"
-            handed = bool(self._waiters)
-            if handed:
-                self._hand_entry_locked(entry, now)
+            waiter = self._next_waiter_locked(self._open)
+            handed = waiter is not None
+            if waiter is not None:
+                self._hand_entry_locked(entry, now, waiter)
+            elif self._open > self._cap:
+                return "reserve"  # opened past the cap for a request holding other aliases
             else:
                 # Kept up to the cap: connections beyond pool_size close after
                 # overflow_max_idle (the reaper), not on every checkin, so a load
@@ -724,25 +762,25 @@ class Pool:
                 reason = "shutdown"
             else:
                 reason = None
-                if self._waiters:
+                waiter = self._next_waiter_locked(self._open)
+                if waiter is not None:
                     self._in_use += 1
-                    self._hand_entry_locked(entry, now)
+                    self._hand_entry_locked(entry, now, waiter)
                     self._grant_slots_locked(now)
                 else:
                     self._idle.append(entry)
         if reason is not None:
             self._discard(entry, reason, held=False)
 
-    def _hand_entry_locked(self, entry: PooledConnection, now: float) -> None:
-        # Straight to the longest waiter: a greenlet that comes later must not find it
-        # idle first.
+    def _hand_entry_locked(self, entry: PooledConnection, now: float, waiter: _Waiter) -> None:
+        # Straight to the waiter: a greenlet that comes later must not find it idle first.
         entry.checked_out_at = now
         entry.idle_since = now
         entry.warned = False
         if self._held is not None:
             self._held.add(entry)
         self._checkouts += 1
-        self._hand_locked(entry, now)
+        self._hand_locked(waiter, entry, now)
 
     def _discard(
         self,
@@ -777,29 +815,50 @@ class Pool:
             self._release_slot_locked()
 
     def _release_slot_locked(self) -> None:
-        # A freed slot goes to the longest waiter, who may open a connection in it;
-        # not while backed off: the prober opens the next connection.
-        if self._waiters and not self._closed and not self._backoff.active:
-            self._in_use += 1
-            self._hand_locked(_SLOT, time.monotonic())
-            return
+        # A freed slot goes to the next waiter, who may open a connection in it; not
+        # while backed off: the prober opens the next connection.
+        if not self._closed and not self._backoff.active:
+            waiter = self._next_waiter_locked(self._open)
+            if waiter is not None:
+                self._in_use += 1
+                self._hand_locked(waiter, _SLOT, time.monotonic())
+                return
         self._open -= 1
-        if self._waiters and self._backoff.active and not self._established_locked():
+        if self._backoff.active and not self._established_locked():
             # Out of reach and nothing left to give back: waiting would only time out.
-            self._rejects["backoff"] += len(self._waiters)
-            while self._waiters:
-                self._hand_locked(_UNAVAILABLE, time.monotonic())
+            for queue in (self._holders, self._waiters):
+                self._rejects["backoff"] += len(queue)
+                while queue:
+                    self._hand_locked(queue.popleft(), _UNAVAILABLE, time.monotonic())
 
     def _grant_slots_locked(self, now: float) -> None:
-        # Back from a backoff: the free slots go to the longest waiters at once.
-        while self._waiters and self._open < self._cap:
+        # Back from a backoff: the free slots go to the next waiters at once.
+        while True:
+            waiter = self._next_waiter_locked(self._open + 1)
+            if waiter is None:
+                return
             self._open += 1
             self._in_use += 1
-            self._hand_locked(_SLOT, now)
+            self._hand_locked(waiter, _SLOT, now)
 
-    def _hand_locked(self, item: Any, now: float) -> None:
-        # The longest waiter gets it; under the lock, so nobody can barge in.
-        waiter = self._waiters.popleft()
+    def _next_waiter_locked(self, open_: int) -> _Waiter | None:
+        """Who is served, ``open_`` connections being open then; taken off its queue.
+
+        Requests holding other aliases first, each up to ``cap`` plus what it holds;
+        then the longest waiter of the others, up to ``cap``.
+        """
+        if self._holders:
+            for waiter in self._holders:
+                if open_ <= self._cap + waiter.holding:
+                    self._holders.remove(waiter)
+                    self._reserved += open_ > self._cap
+                    return waiter
+        if self._waiters and open_ <= self._cap:
+            return self._waiters.popleft()
+        return None
+
+    def _hand_locked(self, waiter: _Waiter, item: Any, now: float) -> None:
+        # Taken off its queue by the caller, under the lock: nobody can barge in.
         waited = now - waiter.since
         self._wait_sum += waited
         self._wait_buckets[bisect_left(WAIT_BUCKETS, waited)] += 1
@@ -936,7 +995,8 @@ class Pool:
             self._closed = True
             idle, self._idle = self._idle, []
             self._closing += len(idle)
-            waiters, self._waiters = self._waiters, deque()
+            waiters = [*self._holders, *self._waiters]
+            self._holders, self._waiters = deque(), deque()
             # Marked under the lock, so that a waiter timing out meanwhile sees it.
             for waiter in waiters:
                 waiter.item = _CLOSED
@@ -975,7 +1035,7 @@ class Pool:
             "open": self._open,
             "idle": len(self._idle),
             "in_use": self._in_use,
-            "waiting": len(self._waiters),
+            "waiting": len(self._waiters) + len(self._holders),
         }
 
     def _emit_debug(self, event: str, **fields: Any) -> None:
@@ -1007,6 +1067,7 @@ class Pool:
                 "wait_seconds": self._wait_histogram(),
                 "leaked_pending": len(self._leaked),
                 "connecting": self._connecting,
+                "reserved": self._reserved,
                 "backed_off": self._backoff.active,
             }
 
@@ -1016,7 +1077,7 @@ class Pool:
             f"no connection for alias {self.name!r}: {what} {waited:.2f} s "
             f"(timeout={self._config.timeout} s); {self._in_use} of {self._cap} in use "
             f"(pool_size={self._pool_size} + max_overflow={self._cap - self._pool_size}), "
-            f"{len(self._waiters)} waiting"
+            f"{len(self._waiters) + len(self._holders)} waiting"
         )
         if self._last_connect_error:
             msg += f"; last connect error: {self._last_connect_error}"
