@@ -41,13 +41,16 @@ def _get(port: int, path: str, timeout: float = 30.0) -> tuple[int, bytes]:
 def gunicorn(server: Server) -> Iterator[object]:
     procs: list[subprocess.Popen[bytes]] = []
 
-    def start(*args: str) -> int:
+    def start(
+        *args: str, app: str = "tests.servers_wsgi:application", env: dict[str, str] | None = None
+    ) -> int:
         port = _free_port()
         env = {
             **os.environ,
             "DJANGO_SETTINGS_MODULE": "tests.settings",
             "TEST_POOL_SIZE": "2",
             "TEST_MAX_OVERFLOW": "1",
+            **(env or {}),
         }
         proc = subprocess.Popen(
             [
@@ -61,7 +64,7 @@ def gunicorn(server: Server) -> Iterator[object]:
                 "--log-level",
                 "warning",
                 *args,
-                "tests.servers_wsgi:application",
+                app,
             ],
             cwd=ROOT,
             env=env,

@@ -44,3 +44,7 @@ urlpatterns += [
     path("call-procedure/", views.call_procedure),
     path("procedure-variable/", views.read_procedure_variable),
 ]  # tests/test_reset.py::test_callproc_state_is_reset
+urlpatterns += [
+    path("router/", views.router_view),
+    path("chain/", views.chain),
+]  # tests/test_router.py

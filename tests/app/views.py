@@ -546,3 +546,33 @@ def read_procedure_variable(request: HttpRequest) -> HttpResponse:
         cursor.execute("SELECT CONNECTION_ID(), @from_procedure")
         conn_id, value = cursor.fetchone()
     return JsonResponse({"conn_id": conn_id, "value": value})
+
+
+def router_view(request: HttpRequest) -> HttpResponse:
+    """Read through the router (replica) and write (primary), in the order ``first`` says."""
+    name = request.GET.get("name", "r")
+
+    def read() -> int:
+        return Item.objects.filter(name=name).count()  # the router: "other"
+
+    def write() -> None:
+        with transaction.atomic():  # the router: "default"
+            Item.objects.create(name=name)
+            gevent.sleep(0.002)
+
+    if request.GET.get("first") == "write":
+        write()
+        seen = read()
+    else:
+        seen = read()
+        write()
+    return JsonResponse({"seen": seen})
+
+
+def chain(request: HttpRequest) -> HttpResponse:
+    """Query each alias of ``order`` in turn, keeping every connection until the end."""
+    ids = []
+    for alias in request.GET["order"].split(","):
+        ids.append(_one("SELECT CONNECTION_ID()", alias))
+        gevent.sleep(0.002)
+    return JsonResponse({"conn_ids": ids})
