@@ -366,17 +366,30 @@ def _lifetime(plan: Plan, wait_timeout: int) -> tuple[str, str]:
     )
 
 
-def _capacity(plan: Plan, facts: dict[str, Any], aliases: list[str], report: Report) -> None:
+def _bound(plan: Plan, pooled: int) -> int:
+    """The most one alias's pool opens in a process: the cap, plus one per other pooled
+    alias for requests that hold those while they wait for this one (see pool.py)."""
+    return plan.cap + max(pooled - 1, 0)
+
+
+def _bound_text(plan: Plan, pooled: int) -> str:
+    extra = f" + {pooled - 1}" if pooled > 1 else ""
+    return f"({plan.pool_size} + {plan.max_overflow}{extra})"
+
+
+def _capacity(
+    plan: Plan, facts: dict[str, Any], aliases: list[str], pooled: int, report: Report
+) -> None:
     server = facts["server"]
-    per_process = plan.cap * len(aliases)
+    per_process = _bound(plan, pooled) * len(aliases)
     needed = plan.processes * per_process
     limit = facts["max_connections"]
     room = limit - plan.reserve
     names = ", ".join(repr(a) for a in aliases)
     formula = (
         f"{plan.hosts} host{'s' if plan.hosts != 1 else ''} x {plan.workers} "
-        f"worker{'s' if plan.workers != 1 else ''} x ({plan.pool_size} + {plan.max_overflow}"
-        f"{')' if len(aliases) == 1 else f') x {len(aliases)} aliases'} = {needed}"
+        f"worker{'s' if plan.workers != 1 else ''} x {_bound_text(plan, pooled)}"
+        f"{'' if len(aliases) == 1 else f' x {len(aliases)} aliases'} = {needed}"
     )
     if needed <= room:
         report.add(
@@ -387,7 +400,8 @@ def _capacity(plan: Plan, facts: dict[str, Any], aliases: list[str], report: Rep
             server=server,
         )
     else:
-        most = room // (plan.processes * len(aliases)) if room > 0 else 0
+        most = room // (plan.processes * len(aliases)) - (pooled - 1) if room > 0 else 0
+        most = max(most, 0)
         report.add(
             FAIL,
             "capacity",
@@ -416,32 +430,38 @@ def _settings_address(alias: str) -> str:
     return f"{settings.get('HOST') or 'localhost'}:{settings.get('PORT') or 3306}"
 
 
-def _shared_server(plan: Plan, facts: dict[str, Any], aliases: list[str], report: Report) -> None:
+def _shared_server(
+    plan: Plan, facts: dict[str, Any], aliases: list[str], pooled: int, report: Report
+) -> None:
     """Aliases on one server: their pools are separate, so their caps add up there."""
     if len(aliases) < 2:
         return
-    per_process = plan.cap * len(aliases)
+    per_process = _bound(plan, pooled) * len(aliases)
     where = ", ".join(f"{alias!r} ({_settings_address(alias)})" for alias in aliases)
     report.add(
         NOTE,
         "shared_server",
         f"shared server: aliases {where} reach the same server, each with a pool of its "
-        f"own, so their caps add up: {len(aliases)} x ({plan.pool_size} + "
-        f"{plan.max_overflow}) = {per_process} connections per process, "
+        f"own, so their caps add up: {len(aliases)} x {_bound_text(plan, pooled)} = "
+        f"{per_process} connections per process, "
         f"{plan.processes * per_process} in all against max_connections "
         f"{facts['max_connections']}. Under a database router one request can hold a "
         f"connection of one alias while it waits for another (it read from one, then "
         f"writes to the other), so at a peak every alias is at its cap at once: size the "
-        f"server for the sum, not for one alias.",
+        f"server for the sum, not for one alias. Such a request is served first and may "
+        f"open one connection past the cap per other alias it holds (the + {pooled - 1}): "
+        f"that is what keeps two pools from waiting on each other forever.",
         server=facts["server"],
     )
 
 
-def _per_user(plan: Plan, facts: dict[str, Any], aliases: list[str], report: Report) -> None:
+def _per_user(
+    plan: Plan, facts: dict[str, Any], aliases: list[str], pooled: int, report: Report
+) -> None:
     limit = facts["max_user_connections"]
     if limit <= 0:
         return
-    needed = plan.processes * plan.cap * len(aliases)
+    needed = plan.processes * _bound(plan, pooled) * len(aliases)
     names = ", ".join(repr(a) for a in aliases)
     if needed <= limit:
         report.add(
@@ -528,10 +548,10 @@ def check(plan: Plan, settings_module: str) -> Report:
             )
     for facts, server_aliases in by_server.values():
         report.servers.append({**facts, "aliases": server_aliases})
-        _capacity(plan, facts, server_aliases, report)
-        _shared_server(plan, facts, server_aliases, report)
+        _capacity(plan, facts, server_aliases, len(aliases), report)
+        _shared_server(plan, facts, server_aliases, len(aliases), report)
     for facts, user_aliases in by_user.values():
-        _per_user(plan, facts, user_aliases, report)
+        _per_user(plan, facts, user_aliases, len(aliases), report)
     return report
 
 
