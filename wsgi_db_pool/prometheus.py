@@ -65,6 +65,8 @@ GAUGES: dict[str, str] = {
     "idle": "Open connections waiting in the pool",
     "in_use": "Connections held by requests or pooled() blocks",
     "waiting": "Checkouts waiting for a connection",
+    "connecting": "Connections being opened, for requests or by the pool's prober",
+    "backed_off": "1 while the pool backs off: the server is out of reach as far as it knows",
     "leaked_pending": "Reclaimed connections whose slot is not yet freed",
     "pool_size": "The pool_size setting",
     "max_overflow": "The max_overflow setting",
@@ -77,6 +79,7 @@ TOTALS: dict[str, str] = {
     "checkouts": "Connections handed out",
     "recycles": "Connections given back and kept for reuse",
     "timeouts": "Checkouts that gave up after the pool's timeout",
+    "reserved": "Checkouts past the cap by requests holding other aliases",
 }
 
 # Counters by reason; the reasons the pool knows today are always exposed (at 0 until
@@ -94,6 +97,7 @@ _BY_REASON: dict[str, tuple[str, tuple[str, ...]]] = {
             "reset_failed",
             "shutdown",
             "leak",
+            "reserve",
         ),
     ),
     "rejects": ("Checkouts refused at once, by reason", ("max_waiting", "backoff")),
