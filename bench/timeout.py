@@ -77,7 +77,7 @@ def run(timeout: float, clients: int, requests: int) -> dict[str, Any]:
             status: list[str] = []
             environ = environ_for(f"/login/{(n * requests + i) % ITEMS + 1}")
             started = time.monotonic()
-            result = application(environ, lambda s, h, e=None: status.append(s))
+            result = application(environ, lambda s, h, e=None, seen=status: seen.append(s))
             try:
                 for _chunk in result:
                     pass
