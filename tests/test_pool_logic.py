@@ -5,6 +5,7 @@ Pure pool logic, so no server: what matters here is that no slot is lost or coun
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import time
 from collections.abc import Callable
@@ -57,6 +58,8 @@ class _Connector:
         self.failures: list[Exception] = []
         # Raised by every connect while set (the server is out of reach).
         self.down: Exception | None = None
+        # What the cheap TCP look answers (None: it cannot tell).
+        self.look: Callable[[], bool | None] | None = None
         self.connects = 0
 
     def connect(self) -> _Conn:
@@ -73,6 +76,8 @@ class _Connector:
         return "lost" if isinstance(exc, _Lost) else "error"
 
     def reachable(self) -> bool | None:
+        if self.look is not None:
+            return self.look()
         return None
 
     def check(self, conn: _Conn, ping: bool) -> str | None:
@@ -465,3 +470,65 @@ def test_pools_never_wait_on_each_other(orders: list[list[int]], holding: bool) 
         stats = pool.stats()
         assert (stats["in_use"], stats["waiting"], stats["timeouts"]) == (0, 0, 0)
         assert stats["open"] == stats["idle"] <= 2
+
+
+# -- the review's cases: what must not wedge or leak ------------------------------------
+
+
+def test_a_logger_failing_on_the_retry_event_loses_no_slot() -> None:
+    """A connect lost in its setup, then the retry's event raises: the slot comes back."""
+    pool = _pool(pool_size=2)
+    connector: _Connector = pool.connector  # type: ignore[assignment]
+    connector.failures = [_Lost("lost during setup")]
+    pool._log.fail_on = "db_pool.connect_failed"  # type: ignore[attr-defined]
+    with pytest.raises(KeyboardInterrupt):
+        pool.checkout()
+    pool._log.fail_on = None  # type: ignore[attr-defined]
+    stats = pool.stats()
+    assert (stats["open"], stats["in_use"], stats["connecting"]) == (0, 0, 0)
+    _all_slots_usable(pool, 2)
+
+
+def test_warm_up_tries_a_lost_connect_once_more() -> None:
+    """min_size warm-up: one connect lost in its setup is tried again, and no backoff starts."""
+    pool = _pool(pool_size=2, min_size=1)
+    pool.connector.failures = [_Lost("killed during setup")]  # type: ignore[attr-defined]
+    pool.fill()
+    stats = pool.stats()
+    assert (stats["open"], stats["idle"], stats["backed_off"]) == (1, 1, False)
+
+
+def test_a_port_that_accepts_but_fails_logins_is_still_backed_off() -> None:
+    """TCP accepted, logins time out: the look does not end the backoff; connects stay paced."""
+    pool = _pool(pool_size=3, timeout=5.0)
+    connector: _Connector = pool.connector  # type: ignore[assignment]
+    held = pool.checkout()  # one open, so requests wait instead of failing at once
+    connector.down = ConnectionRefusedError("connect timed out")  # classified unreachable
+    connector.look = lambda: True
+    connects = connector.connects
+    crowd = [gevent.spawn(pool.checkout, 0.5) for _ in range(20)]
+    gevent.joinall(crowd, timeout=2.0)
+    # The first failure, then the prober alone, paced by steps of 5 ms and more.
+    assert connector.connects - connects <= 1 + 0.5 / 0.005
+    assert pool.stats()["backed_off"]
+    pool.checkin(held)
+
+
+def test_a_checkout_taking_the_probe_turn_keeps_its_deadline() -> None:
+    """The look hangs (SYNs dropped): a checkout probing gives up within its own timeout."""
+    pool = _pool(pool_size=2, timeout=5.0)
+    connector: _Connector = pool.connector  # type: ignore[assignment]
+    connector.down = ConnectionRefusedError("refused")
+    connector.look = lambda: False
+    with pytest.raises(ConnectionRefusedError):
+        pool.checkout()
+    _wait_until(lambda: pool._backoff.kind == "down")
+    connector.look = lambda: gevent.sleep(2.0)  # type: ignore[func-returns-value]
+    started = time.monotonic()
+    outcomes = []
+    for _ in range(3):
+        with contextlib.suppress(PoolUnavailable):
+            outcomes.append(pool.checkout(timeout=0.2))
+        gevent.sleep(0.02)
+    assert outcomes == []
+    assert time.monotonic() - started < 3 * 0.2 + 0.5

@@ -48,3 +48,4 @@ urlpatterns += [
     path("router/", views.router_view),
     path("chain/", views.chain),
 ]  # tests/test_router.py
+urlpatterns += [path("lost-then-retry/", views.lost_then_retry)]  # test_availability.py

@@ -203,7 +203,7 @@ class _Guard:
     driver's version does, and every later command on it fails instead.
     """
 
-    __slots__ = ("dialect", "dirty", "fault", "lost_conn", "wrapper")
+    __slots__ = ("dialect", "dirty", "fault", "lost_conn", "restoring", "wrapper")
 
     def __init__(self, wrapper: Any, dialect: Any) -> None:
         self.wrapper = wrapper
@@ -211,6 +211,8 @@ class _Guard:
         self.fault: str | None = None
         # The DB-API connection that was lost, kept for Django to find (see lost()).
         self.lost_conn: Any = None
+        # Django is turning autocommit back on (see _no_silent_reconnect).
+        self.restoring = False
         # The statements since the last reset may have left session state behind.
         self.dirty = False
 
@@ -242,6 +244,18 @@ class _Guard:
         raw = self.lost_conn = self.wrapper.connection
         if raw is not None:
             self.dialect.abort(raw)
+
+    def around_restore(self, method: Callable[..., Any]) -> Callable[..., Any]:
+        # Marks Django's set_autocommit(), which calls connect() when it has no
+        # connection: after a loss, that connect must not happen.
+        def marked(*args: Any, **kwargs: Any) -> Any:
+            self.restoring = True
+            try:
+                return method(*args, **kwargs)
+            finally:
+                self.restoring = False
+
+        return marked
 
     def around_set_autocommit(self, method: Callable[..., Any]) -> Callable[..., Any]:
         # Once the connection is lost, Django's exits (atomic(), a failed COMMIT) still
@@ -290,23 +304,33 @@ def _leave_to_pool() -> None:
 def _no_silent_reconnect(wrapper: Any, guard: _Guard, timeout: float) -> Callable[[], None]:
     """Replaces ``connect`` on a pooled wrapper, which Django calls when it has none.
 
-    After a connection lost mid-request, Django's own paths (the exit of ``atomic()``
-    turning autocommit back on, the next query) would open a new one behind the
-    pool's back and behind its deadline: a stalled network would then hold the
-    request for one more connect timeout. A connection the request's own code
-    closed is reopened in the same slot, within ``timeout``.
+    After a connection lost mid-request, the exit of ``atomic()`` (or of a failed
+    COMMIT) turns autocommit back on, and Django would open a new connection to do
+    it: behind the pool's back, and behind every deadline (a stalled network then
+    holds the request for one more connect timeout). There the lost connection is
+    put back instead, and the error the caller sees is the one that lost it. Code
+    that closes the connection itself and queries again (a task's retry loop) gets
+    a new one, in the same slot, within ``timeout``.
     """
     connect = wrapper.connect
 
     def reconnect() -> None:
-        if guard.fault is not None:
-            # The lost connection goes back in: every command on it fails at once
-            # (the driver knows it is closed), and the error the caller sees is the
-            # one that lost it, not one of ours raised over it.
+        if guard.fault is not None and guard.restoring:
+            # Every command on it fails at once: the driver knows it is closed.
             wrapper.connection = guard.lost_conn
             return
-        with _sync.deadline(timeout):
-            connect()
+        with _sync.deadline(timeout) as timer:
+            try:
+                connect()
+            except BaseException as exc:
+                if timer is not None and exc is timer:
+                    raise wrapper.Database.OperationalError(
+                        f"reconnecting pooled alias {wrapper.alias!r} took longer than the "
+                        f"pool's timeout ({timeout} s)"
+                    ) from None
+                raise
+        guard.fault = guard.lost_conn = None
+        guard.dirty = False
         _leave_to_pool_settings(wrapper)
 
     return reconnect
@@ -353,6 +377,7 @@ class AliasConnector:
         for name in ("_commit", "_rollback"):
             setattr(wrapper, name, guard.around(getattr(wrapper, name)))
         wrapper._set_autocommit = guard.around_set_autocommit(wrapper._set_autocommit)
+        wrapper.set_autocommit = guard.around_restore(wrapper.set_autocommit)
         wrapper.create_cursor = guard.around_create_cursor(wrapper.create_cursor)
         wrapper._wsgi_db_pool_guard = guard
         wrapper._wsgi_db_pool_wrappers = [guard]

@@ -81,18 +81,22 @@ def reachable(settings: dict[str, Any]) -> bool | None:
     """Whether something accepts TCP connections at the alias's address; None: cannot tell.
 
     The prober asks this before a full connect, which costs PyMySQL a TLS context
-    (about 25 ms of CPU) even when the server is not there.
+    (about 25 ms of CPU) even when the server is not there. The address is the
+    driver's: Django lets OPTIONS override HOST and PORT.
     """
-    host = settings.get("HOST") or ""
     options = settings.get("OPTIONS") or {}
-    if host.startswith("/") or "unix_socket" in options:
+    if "unix_socket" in options or "read_default_file" in options:
+        return None
+    host = options.get("host") or settings.get("HOST") or ""
+    if host.startswith("/"):
         return None
     if host in ("", "localhost") and getattr(sys.modules.get("MySQLdb"), "__name__", "") != (
         "pymysql"
     ):
         return None  # mysqlclient goes through the socket file there
-    port = int(settings.get("PORT") or options.get("port") or _DEFAULT_PORT)
-    return _sync.tcp_reachable(host or "localhost", port, options.get("connect_timeout", 10))
+    port = int(options.get("port") or settings.get("PORT") or _DEFAULT_PORT)
+    timeout = min(float(options.get("connect_timeout") or 10), 2.0)
+    return _sync.tcp_reachable(host or "localhost", port, timeout)
 
 
 _poll: Any = None

@@ -82,7 +82,7 @@ def reachable(settings: dict[str, Any]) -> bool | None:
         return None  # a socket directory, or libpq's multi-host string
     port = int(settings.get("PORT") or 5432)
     timeout = (settings.get("OPTIONS") or {}).get("connect_timeout") or 10
-    return _sync.tcp_reachable(host, port, float(timeout))
+    return _sync.tcp_reachable(host, port, min(float(timeout), 2.0))
 
 
 def _readable(fd: int) -> bool:

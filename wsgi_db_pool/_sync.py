@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import _thread
 import contextlib
-import errno
 import socket
 import sys
 import threading
@@ -66,35 +65,19 @@ def deadline(seconds: float) -> Iterator[Any]:
         timer.close()
 
 
-def tcp_reachable(host: str, port: int, timeout: float) -> bool:
-    """Whether a TCP connect to ``host:port`` succeeds within ``timeout``; closed at once.
+def tcp_reachable(host: str, port: int, timeout: float) -> bool | None:
+    """Whether something accepts TCP connections at ``host:port``; closed at once.
 
-    A non-blocking connect is tried first: on this host the kernel refuses or accepts
-    it at once, and the caller learns it without a switch to other greenlets (on a
-    busy worker a switch costs a whole scheduling round). Otherwise it waits through
-    ``socket`` as it is now: cooperatively once gevent has patched it.
+    False only when every address refused (nothing listens); None when it cannot
+    tell (a timeout, a name that does not resolve, no route). Through ``socket`` as it
+    is now: cooperative once gevent has patched it.
     """
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except OSError:
-        return False
-    family, kind, proto, _, address = infos[0]
-    monkey = sys.modules.get("gevent.monkey")
-    native = monkey.get_original("socket", "socket") if monkey else socket.socket
-    quick = native(family, kind, proto)
-    try:
-        quick.setblocking(False)
-        error = quick.connect_ex(address)
-    finally:
-        quick.close()
-    if error == 0:
-        return True
-    if error != errno.EINPROGRESS:
-        return False  # refused (or unreachable) at once
-    try:
         sock = socket.create_connection((host, port), timeout=timeout)
-    except OSError:
+    except ConnectionRefusedError:
         return False
+    except OSError:
+        return None
     sock.close()
     return True
 

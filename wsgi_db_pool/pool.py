@@ -50,7 +50,7 @@ _generations = itertools.count()
 # (too many connections), which probes would only load further.
 BACKOFF_FIRST = 0.01
 BACKOFF_CEILING = {"down": 0.01, "unreachable": 0.08, "lost": 0.25, "refused": 1.0}
-BACKOFF_MAX = max(BACKOFF_CEILING.values())
+BACKOFF_MAX = 1.0
 
 # What a connect failure says (Connector.classify): "unreachable", "refused" and a
 # repeated "lost" are evidence that the server is out of reach; "lost" once may be a
@@ -149,15 +149,18 @@ class _Backoff:
 
     Steps double from BACKOFF_FIRST up to the kind's ceiling, each with full jitter
     (half to all of the step), so that the workers that lost one server do not
-    probe it in step. Only the prober's failures lengthen it: connects that were
-    already under way when the server went away fail together and count once.
+    probe it in step; the ceilings grow with the outage's age (ten times as long after
+    90 s, up to BACKOFF_MAX), so a long one is not probed as often as a restart. Only
+    the prober's failures lengthen it: connects that were already under way when the
+    server went away fail together and count once.
     """
 
-    __slots__ = ("failures", "kind", "until")
+    __slots__ = ("failures", "kind", "since", "until")
 
     def __init__(self) -> None:
         self.failures = 0
         self.kind = ""
+        self.since = 0.0
         self.until = 0.0
 
     @property
@@ -165,9 +168,12 @@ class _Backoff:
         return self.failures > 0
 
     def failed(self, kind: str, now: float) -> None:
+        if not self.failures:
+            self.since = now
         self.failures += 1
         self.kind = kind if kind in BACKOFF_CEILING else "unreachable"
-        step = min(BACKOFF_FIRST * 2 ** min(self.failures - 1, 20), BACKOFF_CEILING[self.kind])
+        ceiling = min(BACKOFF_CEILING[self.kind] * (1 + (now - self.since) / 10), BACKOFF_MAX)
+        step = min(BACKOFF_FIRST * 2 ** min(self.failures - 1, 20), ceiling)
         self.until = now + step * (0.5 + 0.5 * random())
 
     def clear(self) -> None:
@@ -308,12 +314,14 @@ class Pool:
             else:
                 waiter = _Waiter(start, holding)
                 (self._holders if holding else self._waiters).append(waiter)
+                # A prober that died (an interrupt) is started again by the next waiter.
+                start_prober = self._claim_prober_locked()
         if reason == "reserve":
             self._log_reserve(holding)
             return _SLOT
+        if start_prober:
+            self._start_prober()
         if error is not None:
-            if reason == "backoff" and start_prober:
-                self._start_prober()
             self._log.warning("db_pool.reject", **self._counts(), reason=reason)
             raise error
         got = self._wait(waiter, start, deadline)
@@ -436,9 +444,9 @@ class Pool:
     def _connect(self, start: float, deadline: float) -> PooledConnection | None:
         """Open a connection in the slot the caller holds; None if the slot went back.
 
-        A connection lost during its setup is tried once more at once. On evidence
-        that the server is out of reach the pool backs off, and the caller, rather
-        than fail, waits for a connection given back while the pool has any.
+        On evidence that the server is out of reach the pool backs off, and the
+        caller, rather than fail, waits for a connection given back while the pool
+        has any.
         """
         with self._lock:
             backed_off = self._backoff.active
@@ -448,18 +456,12 @@ class Pool:
             # Backed off since the slot was reserved: no connect on a request's path.
             self._release_slot(held=True)
             return None
-        tries = 2
-        while True:
-            tries -= 1
-            try:
-                conn = self._open_connection(start, deadline)
-            except BaseException as exc:
-                if self._connect_failed(exc, held=True, retry=tries > 0, deadline=deadline):
-                    continue
-                if self._may_wait_instead(exc, deadline):
-                    return None  # the connections left may serve the caller
-                raise
-            break
+        try:
+            conn = self._open_in_slot(start, deadline, held=True)
+        except BaseException as exc:
+            if self._may_wait_instead(exc, deadline):
+                return None  # the connections left may serve the caller
+            raise
         entry = self._opened(conn, start, checkout=True)
         if self._held is not None:
             self._held.add(entry)
@@ -471,10 +473,59 @@ class Pool:
             raise
         return entry
 
+    def _open_in_slot(self, start: float, deadline: float, *, held: bool) -> Any:
+        """Connect in a slot already counted as connecting; on failure it is given back.
+
+        A connection lost during its login or setup (a KILL, say) is tried once more
+        at once, unless the pool backed off meanwhile. ``held``: the slot is a
+        checkout's (counted in use), not the pool's own.
+        """
+        retry = True
+        while True:
+            try:
+                return self._open_connection(start, deadline)
+            except BaseException as exc:
+                kind = self._kind(exc)
+                if retry and kind == "lost" and time.monotonic() < deadline:
+                    retry = False
+                    if not self._backoff.active:
+                        self._log_retry(exc, held)
+                        continue
+                self._connect_failed(exc, kind, held=held)
+                raise
+
+    def _log_retry(self, exc: BaseException, held: bool) -> None:
+        try:
+            self._log.info(
+                "db_pool.connect_failed",
+                **self._counts(),
+                error=_describe(exc),
+                kind="lost",
+                retry=True,
+            )
+        except BaseException:
+            # The logger raised, or the caller was interrupted in it: the slot goes back.
+            with self._lock:
+                self._connecting -= 1
+                self._in_use -= held
+                self._release_slot_locked()
+            raise
+
+    def _kind(self, exc: BaseException) -> str:
+        """What a failed connect says: a Connector.classify kind, "timeout" or "interrupted"."""
+        if not isinstance(exc, Exception):
+            return "interrupted"  # the caller's own gevent.Timeout or GreenletExit
+        if isinstance(exc, PoolTimeout):
+            return "timeout"
+        try:
+            return self.connector.classify(exc)
+        except Exception:
+            return "error"
+
     def _may_wait_instead(self, exc: BaseException, deadline: float) -> bool:
-        # Only for a failure that is the server's, never for the caller's own
-        # interrupt or deadline.
-        if not isinstance(exc, Exception) or isinstance(exc, PoolTimeout):
+        # Only for evidence that the server is out of reach: never for the caller's
+        # own interrupt or deadline, nor for an error that is the caller's to see.
+        if self._kind(exc) not in _EVIDENCE:
             return False
         with self._lock:
             return (
@@ -517,45 +568,29 @@ class Pool:
             raise
         return entry
 
-    def _connect_failed(
-        self, exc: BaseException, *, held: bool, retry: bool, deadline: float
-    ) -> bool:
-        """Count a failed connect in and free its slot; True: try again in the same slot."""
-        kind = "error"
-        if isinstance(exc, Exception) and not isinstance(exc, PoolTimeout):
-            kind = self.connector.classify(exc)
-        if kind == "lost" and retry and time.monotonic() < deadline:
-            self._log.info(
-                "db_pool.connect_failed",
-                **self._counts(),
-                error=_describe(exc),
-                kind=kind,
-                retry=True,
-            )
-            return True
+    def _connect_failed(self, exc: BaseException, kind: str, *, held: bool) -> None:
+        """Count a failed connect in and give its slot back; back off on evidence."""
         start_prober = False
         with self._lock:
             self._connecting -= 1
-            if isinstance(exc, Exception):
+            if kind != "interrupted":
+                # (An interrupt of the caller's own says nothing of the server.)
                 self._connect_errors += 1
                 self._last_connect_error = _describe(exc)
-                if isinstance(exc, PoolTimeout):
-                    # Our own deadline says nothing of the server (the wait may have
-                    # used it up); the driver's connect_timeout gives 2003, which does.
-                    self._timeouts += 1
-                elif kind in _EVIDENCE and not self._backoff.active:
-                    self._backoff.failed(kind, time.monotonic())
-                    start_prober = self._claim_prober_locked()
-            # else: the caller's own gevent.Timeout or GreenletExit: nothing is known
-            # of the server, so no backoff and no connect error.
-            if held:
-                self._in_use -= 1
+            if kind == "timeout":
+                # Our own deadline says nothing of the server (the wait may have used
+                # it up); the driver's connect_timeout does, and is "unreachable".
+                self._timeouts += 1
+            elif kind in _EVIDENCE and not self._backoff.active:
+                self._backoff.failed(kind, time.monotonic())
+                start_prober = self._claim_prober_locked()
+            self._in_use -= held
             self._release_slot_locked()
         if start_prober:
             self._start_prober()
         if isinstance(exc, PoolTimeout):
             self._log.warning("db_pool.timeout", **self._counts(), waited=exc.waited)
-        elif isinstance(exc, Exception):
+        elif kind != "interrupted":
             self._log.warning(
                 "db_pool.connect_failed",
                 **self._counts(),
@@ -563,7 +598,6 @@ class Pool:
                 kind=kind,
                 backoff=self._backoff.active,
             )
-        return False
 
     # -- the prober: the pool's own reconnects while backed off ---------------------
 
@@ -579,7 +613,12 @@ class Pool:
         thread = threading.Thread(
             target=self._probe, args=(self._generation,), name="wsgi_db_pool-prober", daemon=True
         )
-        thread.start()
+        try:
+            thread.start()
+        except BaseException:
+            with self._lock:
+                self._prober = False  # the next refused checkout or reaper tick tries again
+            raise
 
     def _probe_due_locked(self) -> bool:
         # Reserves the slot and the probe's turn when it is due.
@@ -597,9 +636,19 @@ class Pool:
         return True
 
     def _probe_for(self, start: float, deadline: float) -> PooledConnection:
-        """The probe's turn, taken by a checkout: a connection, or PoolUnavailable at once."""
+        """The probe's turn, taken by a checkout: a connection, or PoolUnavailable at once.
+
+        Taken only when the last look was refused (nothing listened), which costs one
+        round trip; the look is bounded by the checkout's deadline all the same.
+        """
         try:
-            conn = self._probe_connect(start, deadline)
+            with _sync.deadline(deadline - time.monotonic()) as timer:
+                try:
+                    conn = self._probe_connect(start, deadline)
+                except BaseException as exc:
+                    if timer is not None and exc is timer:
+                        raise self._timeout_error(time.monotonic() - start, "connect") from None
+                    raise
         except BaseException as exc:
             self._probe_failed(exc, held=True)
             if not isinstance(exc, Exception):
@@ -614,14 +663,16 @@ class Pool:
         return entry
 
     def _probe_failed(self, exc: BaseException, *, held: bool) -> None:
+        kind = "down" if isinstance(exc, _NothingListens) else self._kind(exc)
+        if kind == "timeout":
+            kind = "unreachable"  # no answer within the probe's own deadline
         start_prober = False
         with self._lock:
             self._probing = False
             self._connecting -= 1
             if held:
                 self._in_use -= 1
-            if isinstance(exc, Exception):
-                kind = "down" if isinstance(exc, _NothingListens) else self.connector.classify(exc)
+            if kind != "interrupted":
                 self._backoff.failed(kind, time.monotonic())
                 if kind == "down":
                     self._rejects["backoff"] += held
@@ -670,10 +721,15 @@ class Pool:
         try:
             conn = self._probe_connect(start, start + self._config.timeout)
         except BaseException as exc:
+            if self._generation != generation:
+                return False  # forked meanwhile: these counters are not ours
             self._probe_failed(exc, held=False)
             if isinstance(exc, Exception):
                 return True
             raise
+        if self._generation != generation:
+            self.connector.abort(conn)
+            return False
         with self._lock:
             self._probing = False
         self._deliver(self._opened(conn, start, checkout=False))
@@ -681,22 +737,25 @@ class Pool:
 
     def _probe_connect(self, start: float, deadline: float) -> Any:
         # The cheap look first, where the last evidence was that nothing answered:
-        # a full connect costs PyMySQL a TLS context even against a closed port.
+        # a full connect costs PyMySQL a TLS context even against a closed port. Only
+        # a refusal is taken as final; a look that cannot tell leads to a connect.
         if self._backoff.kind in ("down", "unreachable"):
             listening = self.connector.reachable()
             if listening is False:
                 raise _NothingListens
-            if listening:
+            if listening and self._backoff.kind == "down":
                 self._listening_again()
         return self._open_connection(start, deadline)
 
     def _listening_again(self) -> None:
-        # The server listens again: requests may connect at once (at most the cap),
-        # as they would without a pool, rather than wait for this probe's login,
-        # which on a busy worker takes a scheduling round per round trip. If their
-        # connects fail, that is evidence again, and the pool backs off again.
+        # Nothing listened, and now something does: the server is back from a restart.
+        # Requests may connect at once (at most the cap), as they would without a
+        # pool, rather than wait for this probe's login, which on a busy worker takes
+        # a scheduling round per round trip. If their connects fail, that is evidence
+        # again, and the pool backs off again. (A port that answered all along, with
+        # timeouts or shutdown errors, says nothing by accepting: only a login does.)
         with self._lock:
-            if not self._backoff.active:
+            if not self._backoff.active or self._backoff.kind != "down":
                 return
             self._backoff.clear()
             self._grant_slots_locked(time.monotonic())
@@ -833,6 +892,8 @@ class Pool:
 
     def _grant_slots_locked(self, now: float) -> None:
         # Back from a backoff: the free slots go to the next waiters at once.
+        if self._backoff.active:
+            return
         while True:
             waiter = self._next_waiter_locked(self._open + 1)
             if waiter is None:
@@ -859,9 +920,10 @@ class Pool:
 
     def _hand_locked(self, waiter: _Waiter, item: Any, now: float) -> None:
         # Taken off its queue by the caller, under the lock: nobody can barge in.
-        waited = now - waiter.since
-        self._wait_sum += waited
-        self._wait_buckets[bisect_left(WAIT_BUCKETS, waited)] += 1
+        if item is not _UNAVAILABLE:  # the histogram is of waits that got something
+            waited = now - waiter.since
+            self._wait_sum += waited
+            self._wait_buckets[bisect_left(WAIT_BUCKETS, waited)] += 1
         waiter.item = item
         waiter.wakeup.set()
 
@@ -976,12 +1038,9 @@ class Pool:
                 self._connecting += 1
             start = time.monotonic()
             try:
-                conn = self._open_connection(start, start + self._config.timeout)
-            except BaseException as exc:
-                self._connect_failed(exc, held=False, retry=False, deadline=0.0)
-                if isinstance(exc, Exception):
-                    return
-                raise
+                conn = self._open_in_slot(start, start + self._config.timeout, held=False)
+            except Exception:
+                return  # the slot is given back, the error counted and logged
             self._deliver(self._opened(conn, start, checkout=False))
 
     def close(self) -> None:

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import gevent
-from django.db import DatabaseError, connections, transaction
+from django.db import DatabaseError, Error, connections, transaction
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 
 from .models import Item
@@ -256,11 +256,12 @@ def both(request: HttpRequest) -> HttpResponse:
 
 def close_connection(request: HttpRequest) -> HttpResponse:
     """Close the request's connection by hand; query again afterwards if asked to."""
-    conn_id = _one("SELECT CONNECTION_ID()")
-    connections["default"].close()
+    alias = _alias(request)
+    conn_id = _one("SELECT CONNECTION_ID()", alias)
+    connections[alias].close()
     result = {"closed_id": conn_id}
     if request.GET.get("then") == "query":
-        result["new_id"] = _one("SELECT CONNECTION_ID()")
+        result["new_id"] = _one("SELECT CONNECTION_ID()", alias)
     return JsonResponse(result)
 
 
@@ -576,3 +577,26 @@ def chain(request: HttpRequest) -> HttpResponse:
         ids.append(_one("SELECT CONNECTION_ID()", alias))
         gevent.sleep(0.002)
     return JsonResponse({"conn_ids": ids})
+
+
+def lost_then_retry(request: HttpRequest) -> HttpResponse:
+    """Lose the connection (the test KILLs it during a SLEEP), close it, query again.
+
+    The retry idiom of long-running code: ``except OperationalError: close()``, retry.
+    ``then=close-and-query`` closes first; ``then=query`` only queries again.
+    """
+    alias = _alias(request)
+    first = _one("SELECT CONNECTION_ID()", alias)
+    try:
+        _one("SELECT SLEEP(5)", alias)
+    except DatabaseError as exc:
+        error = type(exc).__name__
+    else:
+        error = None
+    if request.GET.get("then") == "close-and-query":
+        connections[alias].close()
+    try:
+        second = _one("SELECT CONNECTION_ID()", alias)
+    except Error as exc:  # InterfaceError is no DatabaseError
+        second = type(exc).__name__
+    return JsonResponse({"first": first, "error": error, "second": second})

@@ -24,7 +24,7 @@ from django.db import connections
 from tests.conftest import USER, Pooled, Server, request
 from tests.faults.conftest import FAST_OPTIONS, PrivateServer, running_queries, wait_for
 from tests.faults.proxy import Proxy
-from tests.settings import DB_PORT
+from tests.settings import DB_PORT, UNREACHABLE_PORT
 
 pytestmark = pytest.mark.fault
 
@@ -304,3 +304,81 @@ def test_a_swinging_load_reuses_the_overflow(
     print(f"\nswinging load: {stats['connects']} connects, {stats['checkouts']} checkouts")
     assert stats["connects"] <= 2 * CAP
     assert server.wait_count(stats["open"]) == stats["open"] <= CAP
+
+
+@pytest.mark.parametrize(
+    ("then", "second_is_new"),
+    [
+        pytest.param("close-and-query", True, id="closed-by-the-code-reconnects-in-its-slot"),
+        pytest.param("query", False, id="not-closed-fails-at-once"),
+    ],
+)
+def test_a_lost_connection_is_reopened_only_when_the_code_closes_it(
+    make_pooled: Callable[..., Pooled], server: Server, then: str, second_is_new: bool
+) -> None:
+    """Killed mid-request: a retry after close() gets a new connection in the same slot."""
+    pooled = make_pooled(aliases=["default"], pool_size=1, max_overflow=0, timeout=5.0)
+    serving = gevent.spawn(pooled.request, "/lost-then-retry/", f"then={then}")
+    [busy] = wait_for(lambda: running_queries(server, "SELECT SLEEP%"), what="the SLEEP")
+    server.rows(f"KILL {busy}")
+    result = serving.get(timeout=5.0).json()
+    assert result["error"] == "OperationalError"
+    if second_is_new:
+        assert isinstance(result["second"], int)
+        assert result["second"] != result["first"]
+        assert result["second"] in server.connection_ids()
+    else:
+        assert result["second"] in ("InterfaceError", "OperationalError")
+    stats = pooled.stats()
+    assert (stats["in_use"], stats["waiting"]) == (0, 0)
+    # The reopened connection went back to the pool; the lost one was discarded.
+    assert server.wait_count(stats["open"]) == stats["open"] == (1 if second_is_new else 0)
+
+
+@pytest.mark.parametrize(
+    ("settings", "expected"),
+    [
+        pytest.param({"HOST": "127.0.0.1", "PORT": DB_PORT}, True, id="listening"),
+        pytest.param({"HOST": "127.0.0.1", "PORT": UNREACHABLE_PORT}, False, id="refused"),
+        pytest.param(
+            {"HOST": "127.0.0.1", "PORT": UNREACHABLE_PORT, "OPTIONS": {"port": DB_PORT}},
+            True,
+            id="options-port-wins-as-in-django",
+        ),
+        pytest.param({"HOST": "/run/mysqld/mysqld.sock"}, None, id="socket-cannot-tell"),
+        pytest.param(
+            {"HOST": "127.0.0.1", "OPTIONS": {"read_default_file": "/etc/my.cnf"}},
+            None,
+            id="defaults-file-cannot-tell",
+        ),
+        pytest.param({"HOST": "nonexistent.invalid", "PORT": DB_PORT}, None, id="no-such-host"),
+    ],
+)
+def test_the_cheap_look_dials_what_the_driver_dials(
+    settings: dict[str, Any], expected: bool | None
+) -> None:
+    """The prober's TCP look: False only when refused; None when it cannot tell."""
+    from wsgi_db_pool import _mysql
+
+    assert _mysql.reachable(settings) is expected
+
+
+def test_a_reconnect_past_the_pools_timeout_is_an_ordinary_error(
+    make_pooled: Callable[..., Pooled],
+    proxy: Proxy,
+    proxied: str,
+    request_exceptions: list[BaseException],
+) -> None:
+    """The code closes its connection and queries; the reconnect hangs: a 500 at `timeout`."""
+    pooled = make_pooled(aliases=[proxied], pool_size=1, max_overflow=0, timeout=0.3)
+    request(pooled.app, "/read/", f"alias={proxied}")  # one connection open
+    proxy.new_connections = "hang"  # accepted, never greeted
+    started = time.monotonic()
+    exchange = request(pooled.app, "/close/", f"alias={proxied}&then=query")
+    took = time.monotonic() - started
+    assert exchange.status_code == 500, "not a gevent.Timeout escaping the view"
+    [exc] = request_exceptions
+    assert "took longer than the pool's timeout" in str(exc)
+    assert took < 0.3 + 0.5
+    stats = pooled.stats(proxied)
+    assert (stats["in_use"], stats["waiting"]) == (0, 0)
