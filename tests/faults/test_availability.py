@@ -183,12 +183,13 @@ def test_server_down_three_seconds(
     sides: Callable[[str], Sides],
     private: PrivateServer,
 ) -> None:
-    """Down 3 s: fast 503s, first success within 0.1 s of its return, none failing after 0.25 s."""
+    """Down 3 s: fast 503s, first success within 0.1 s of its return, none failing after."""
     both = sides("private")
     report: dict[str, dict[str, Any]] = {}
     for side, app in both.apps():
-        # 50 clients: stock Django's 50 connections fit the private server's 100.
-        load = Load(app, "/hold/", "alias=private&seconds=0.005", 50, 0.05, "private")
+        # 30 clients at 20 requests a second each: a load this process serves without
+        # falling behind, so that what is timed is recovery, not a saturated loop.
+        load = Load(app, "/hold/", "alias=private&seconds=0.005", 30, 0.05, "private")
         load.start()
         wait_for(lambda load=load: len(load.done) >= 200, timeout=10.0, what="warm-up")
         connects: list[tuple[float, int]] = []
