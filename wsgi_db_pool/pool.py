@@ -261,8 +261,10 @@ class Pool:
             item = self._take(start, deadline, holding)
             if item is _PROBE:
                 return self._probe_for(start, deadline)
-            if item is not _SLOT and self._usable(item, start, deadline):
-                return self._hand_out(item, start)
+            if item is not _SLOT:
+                now = item.checked_out_at  # set by _take when it took the connection
+                if self._usable(item, now, deadline):
+                    return self._hand_out(item, start, now)
             # A slot, or a stale connection's (discarded): the caller opens a new one.
             entry = self._connect(start, deadline)
             if entry is not None:
@@ -282,6 +284,8 @@ class Pool:
                 self._in_use += 1
                 self._checkouts += 1
                 self._wait_buckets[0] += 1
+                # Straight from the stack no time has passed worth a clock read.
+                entry.checked_out_at = start
                 return entry
             if self._open < self._cap + holding and not self._backoff.active:
                 # Reserve the slot before connect() can yield to another greenlet.
@@ -332,6 +336,8 @@ class Pool:
             raise self._unavailable_error()
         if holding and self._open > self._cap:
             self._log_reserve(holding)
+        if got is not _SLOT and got is not _PROBE:
+            got.checked_out_at = time.monotonic()  # the caller's now: the wait took time
         return got
 
     def _log_reserve(self, holding: int) -> None:
@@ -387,10 +393,10 @@ class Pool:
         if item is not _CLOSED and item is not _UNAVAILABLE:
             self.checkin(item)
 
-    def _usable(self, entry: PooledConnection, start: float, deadline: float) -> bool:
+    def _usable(self, entry: PooledConnection, now: float, deadline: float) -> bool:
         """Whether ``entry`` may be handed out; if not it is closed, and its slot kept."""
         try:
-            reason = self._stale(entry, time.monotonic(), deadline)
+            reason = self._stale(entry, now, deadline)
         except BaseException:
             self.checkin(entry, "interrupted")
             raise
@@ -423,8 +429,7 @@ class Pool:
                     return "broken"
                 raise
 
-    def _hand_out(self, entry: PooledConnection, start: float) -> PooledConnection:
-        now = time.monotonic()
+    def _hand_out(self, entry: PooledConnection, start: float, now: float) -> PooledConnection:
         entry.checked_out_at = now
         entry.warned = False
         if self._held is not None:
@@ -794,7 +799,9 @@ class Pool:
         with self._lock:
             if self._closed:
                 return "shutdown"
-            waiter = self._next_waiter_locked(self._open)
+            waiter = (
+                self._next_waiter_locked(self._open) if self._waiters or self._holders else None
+            )
             handed = waiter is not None
             if waiter is not None:
                 self._hand_entry_locked(entry, now, waiter)
