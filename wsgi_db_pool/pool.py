@@ -7,9 +7,10 @@ under gevent and under real threads alike.
 
 Availability rules (never less available than one connection per request):
 a failed connect fails at most the request that made it; the pool backs off only on
-evidence that the server is out of reach, and then a prober of its own, not the
-requests, tries again; while it is backed off, requests wait for a connection given
-back, and are answered at once only when the pool has no connection at all.
+evidence that the server is out of reach, and then a prober of its own tries again
+(a request that finds a probe due where nothing listened takes its turn: one TCP
+connect); while it is backed off, requests wait for a connection given back, and are
+answered at once only when the pool has no connection at all.
 
 Several aliases: a request that holds connections of other aliases while it waits for
 this one (a router reading from a replica, then writing to the primary) could wait
@@ -43,7 +44,7 @@ _generations = itertools.count()
 # Backoff after evidence that the server is out of reach: the first step, and the
 # ceilings of the steps by what the evidence was. Where nothing listens at the
 # server's address, a probe costs one refused TCP connect (Connector.reachable), so
-# it is probed every 10 ms at most and service resumes as soon as the server
+# it is probed every 10 ms at first and service resumes as soon as the server
 # listens; other probes cost a full connect (a TLS context, a login): where nothing
 # answers (unreachable, timed out), where a listener drops connections at the door
 # (a proxy without a backend), and least often where the server turns them away
