@@ -199,21 +199,30 @@ class _Guard:
     on the socket, where a later COMMIT could read it as its own while the server
     commits a partial transaction; so the socket is dropped on the spot, whatever the
     driver's version does, and every later command on it fails instead.
+
+    It also keeps the connection's session reset: how to start one (``plan``, made at
+    connect) and how many of its replies are still on the socket (``pending``).
     """
 
-    __slots__ = ("dialect", "dirty", "fault", "wrapper")
+    __slots__ = ("detect", "dialect", "dirty", "fault", "pending", "plan", "wrapper")
 
-    def __init__(self, wrapper: Any, dialect: Any) -> None:
+    def __init__(self, wrapper: Any, dialect: Any, plan: Any = None) -> None:
         self.wrapper = wrapper
         self.dialect = dialect
         self.fault: str | None = None
+        # Where a reset is cheap it runs after every request, whatever the statements
+        # were: no statement text shows what a stored function or a trigger does.
+        # Elsewhere (SQLite, whose "reset" is a discard) the text decides.
+        self.detect = not dialect.RESETS_EVERY_CHECKIN
         # The statements since the last reset may have left session state behind.
         self.dirty = False
+        self.plan = plan
+        self.pending = 0
 
     def __call__(
         self, execute: Callable[..., Any], sql: Any, params: Any, many: bool, context: Any
     ) -> Any:
-        if not self.dirty and self.dialect.leaves_session_state(sql):
+        if self.detect and not self.dirty and self.dialect.leaves_session_state(sql):
             self.dirty = True
         return self.run(execute, sql, params, many, context)
 
@@ -263,6 +272,24 @@ class _Guard:
         return create
 
 
+def _session_setup(wrapper: Any) -> list[str]:
+    """The statements Django's own session setup sends, recorded without sending them,
+    then autocommit as the settings want it (a reset turns it on)."""
+    recorded: list[str] = []
+
+    def record(execute: Any, sql: Any, params: Any, many: bool, context: Any) -> None:
+        if params or not isinstance(sql, str):
+            raise ValueError(f"a session setup statement with parameters: {sql!r}")
+        recorded.append(sql)
+
+    # What connect() ran once, with every feature it asked the server already cached.
+    with wrapper.execute_wrapper(record):
+        wrapper.init_connection_state()
+    if not wrapper.settings_dict["AUTOCOMMIT"]:
+        recorded.append("SET autocommit=0")
+    return recorded
+
+
 def _leave_to_pool() -> None:
     """Replaces ``close_if_unusable_or_obsolete`` on pooled wrappers: the pool decides."""
 
@@ -290,7 +317,8 @@ class AliasConnector:
         wrapper.close_at = None
         wrapper.health_check_enabled = False
         wrapper.close_if_unusable_or_obsolete = _leave_to_pool
-        guard = _Guard(wrapper, self.dialect)
+        plan = self.dialect.plan_reset(wrapper.connection, lambda: _session_setup(wrapper))
+        guard = _Guard(wrapper, self.dialect, plan)
         for name in ("_commit", "_rollback", "_set_autocommit"):
             setattr(wrapper, name, guard.around(getattr(wrapper, name)))
         wrapper.create_cursor = guard.around_create_cursor(wrapper.create_cursor)
@@ -299,14 +327,34 @@ class AliasConnector:
         wrapper.execute_wrappers = wrapper._wsgi_db_pool_wrappers
         return wrapper
 
-    def check(self, wrapper: BaseDatabaseWrapper, ping: bool) -> str | None:
+    def check(self, wrapper: Any, ping: bool) -> str | None:
         raw = wrapper.connection
         if raw is None:
             return "closed"
+        guard: _Guard = wrapper._wsgi_db_pool_guard
+        if guard.pending:
+            reason = self._finish_reset(guard, raw)
+            if reason is not None:
+                return reason
+            ping = False  # the reset's replies were the round trip
         if not self.dialect.is_quiet(raw):
             return "broken"
         if ping and not self.dialect.ping(raw):
             return "broken"
+        return None
+
+    def _finish_reset(self, guard: _Guard, raw: Any) -> str | None:
+        # Usually read from the socket buffer: the server answered while the previous
+        # request ended and this one began.
+        try:
+            self.dialect.finish_reset(raw, guard.pending)
+        except Exception as exc:
+            return "broken" if self.dialect.is_gone(exc) else "reset_failed"
+        except BaseException:
+            guard.interrupted()
+            raise
+        finally:
+            guard.pending = 0
         return None
 
     def reset(self, wrapper: Any) -> str | None:
@@ -321,19 +369,10 @@ class AliasConnector:
             return "broken"
         autocommit = wrapper.settings_dict["AUTOCOMMIT"]
         mode = self.reset_session
-        if mode == "always" or (mode == "auto" and guard.dirty):
-            try:
-                # The server rolls back first, then drops the session's state.
-                self.dialect.reset_session(raw)
-                # The backend's own way (a method on MySQLdb, an attribute on psycopg).
-                wrapper._set_autocommit(autocommit)
-                wrapper.init_connection_state()
-            except Exception:
-                return "reset_failed"
-            except BaseException:
-                guard.interrupted()
-                raise
-            guard.dirty = False
+        if mode == "always" or (mode == "auto" and (not guard.detect or guard.dirty)):
+            reason = self._reset_session(guard, wrapper, raw, autocommit, wait=mode == "always")
+            if reason is not None:
+                return reason
         elif (
             wrapper.in_atomic_block
             or wrapper.autocommit != autocommit
@@ -372,6 +411,36 @@ class AliasConnector:
         if wrapper.execute_wrappers is not base or len(base) != 1:
             del base[1:]
             wrapper.execute_wrappers = base
+        return None
+
+    def _reset_session(
+        self, guard: _Guard, wrapper: Any, raw: Any, autocommit: bool, wait: bool
+    ) -> str | None:
+        if guard.pending:
+            # Never checked out since its last reset (check() reads the replies):
+            # read them before sending more.
+            reason = self._finish_reset(guard, raw)
+            if reason is not None:
+                return reason
+        try:
+            if guard.plan is None:
+                # The server rolls back first, then drops the session's state.
+                self.dialect.reset_session(raw)
+                # The backend's own way (a method on MySQLdb, an attribute on psycopg).
+                wrapper._set_autocommit(autocommit)
+                wrapper.init_connection_state()
+            else:
+                # Rollback, reset and the session's setup in one write; the replies are
+                # read at the next checkout (check), or now for "always".
+                guard.pending = self.dialect.send_reset(raw, guard.plan)
+        except Exception:
+            return "reset_failed"
+        except BaseException:
+            guard.interrupted()
+            raise
+        guard.dirty = False
+        if wait and guard.pending:
+            return self._finish_reset(guard, raw)
         return None
 
     def close(self, wrapper: BaseDatabaseWrapper) -> None:

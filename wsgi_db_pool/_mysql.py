@@ -6,9 +6,9 @@ the safe, slower path: a rollback on every checkin and a ping for every check.
 
 from __future__ import annotations
 
-import re
 import select
 import sys
+from collections.abc import Callable
 from typing import Any
 
 # The connection is gone: server shutdown (1927, 4031 idle kill), gone away (2006),
@@ -16,6 +16,9 @@ from typing import Any
 GONE_CODES = frozenset({1927, 2006, 2013, 2014, 2045, 2055, 4031})
 # The server cannot be reached or takes no more connections: a 503, not a 500.
 UNAVAILABLE_CODES = frozenset({1040, 1203, 2002, 2003, 2005, 2006, 2013, 1927, 4031})
+
+# A reset is cheap enough to run after every request (see plan_reset).
+RESETS_EVERY_CHECKIN = True
 
 _IN_TRANS = 0x0001  # SERVER_STATUS_IN_TRANS
 _AUTOCOMMIT = 0x0002  # SERVER_STATUS_AUTOCOMMIT
@@ -129,52 +132,74 @@ def close(raw: Any) -> None:
         abort(raw)
 
 
-# Statements after which the session is no longer as Django set it up: SET (session
-# variables, names, next transaction), USE, LOCK TABLES, PREPARE, HANDLER, CALL, user
-# variables (a single @), temporary tables, named locks.
-_SESSION_STATE = re.compile(
-    # A statement's first word, also behind a comment (/* tags */, -- or # lines)
-    # or inside a versioned comment (/*!40101 SET ... */, as dumps write them).
-    r"(?:^|;|\*/|/\*!\d*|--[^\n]*\n|#[^\n]*\n)\s*(?:SET|USE|LOCK|PREPARE|HANDLER|CALL)\b"
-    r"|(?<!@)@(?!@)|TEMPORARY|GET_LOCK",
-    re.IGNORECASE,
-)
+_COM_QUERY = 0x03
 _COM_RESET_CONNECTION = 0x1F
+_MAX_PAYLOAD = 0xFFFFFF
 
 
-_FIRST_WORDS = ("SET", "USE", "LOCK", "PREPARE", "HANDLER", "CALL")
+def _command(command: int, payload: bytes = b"") -> bytes:
+    """One command packet, sequence id 0."""
+    body = bytes((command,)) + payload
+    if len(body) >= _MAX_PAYLOAD:
+        raise ValueError("a session setup statement of 16 MiB or more")
+    return len(body).to_bytes(3, "little") + b"\x00" + body
 
 
-def leaves_session_state(sql: object) -> bool:
-    """Whether ``sql`` may leave state on the session that the next request would see.
+def session_setup(raw: Any, statements: list[str]) -> list[str]:
+    """What a session needs after COM_RESET_CONNECTION: PyMySQL's own setup after login
+    (the character set, sql_mode, init_command, as it ran them), then ``statements``.
 
-    It runs on every statement: plain substring tests (C speed) settle the usual
-    ORM statement, and the full pattern runs only where comments, several
-    statements or an @ make the simple reading unsafe.
+    The reset keeps only the handshake's character set, which on MySQL 8 is not the
+    collation PyMySQL's ``SET NAMES`` chose: so the names are set again too.
     """
-    if not isinstance(sql, str):
-        return False
-    if "@" in sql or ";" in sql or "/*" in sql or "--" in sql or "#" in sql:
-        return _SESSION_STATE.search(sql) is not None
-    upper = sql.upper()
-    return upper.lstrip().startswith(_FIRST_WORDS) or "TEMPORARY" in upper or "GET_LOCK" in upper
+    collation = getattr(raw, "collation", None)
+    setup = [f"SET NAMES {raw.charset}" + (f" COLLATE {collation}" if collation else "")]
+    if getattr(raw, "sql_mode", None) is not None:
+        setup.append("SET sql_mode=" + raw.escape(raw.sql_mode))
+    if getattr(raw, "init_command", None) is not None:
+        setup.append(raw.init_command)
+    setup.extend(statements)
+    return setup
+
+
+def plan_reset(raw: Any, statements: Callable[[], list[str]]) -> tuple[bytes, int] | None:
+    """The bytes of COM_RESET_CONNECTION and of the session setup after it (``statements()``
+    gives the caller's part), to be written in one go, and how many replies they get.
+
+    None when the driver is not PyMySQL: then ``reset_session`` resets, waiting.
+    """
+    if not hasattr(raw, "_write_bytes") or not hasattr(raw, "_read_query_result"):
+        return None
+    setup = session_setup(raw, statements())
+    encoding = raw.encoding
+    batch = _command(_COM_RESET_CONNECTION) + b"".join(
+        _command(_COM_QUERY, statement.encode(encoding)) for statement in setup
+    )
+    return batch, 1 + len(setup)
+
+
+def send_reset(raw: Any, plan: tuple[bytes, int]) -> int:
+    """Write the reset and the session setup without waiting for the replies.
+
+    The server works through them while the request ends and the next one begins;
+    ``finish_reset`` reads the replies at the next checkout. Returns how many are due.
+    """
+    raw._write_bytes(plan[0])
+    return plan[1]
+
+
+def finish_reset(raw: Any, replies: int) -> None:
+    """Read the replies ``send_reset`` left on the socket; raises the driver's error if the
+    reset or a setup statement failed, after which the connection must be discarded."""
+    for _ in range(replies):
+        # Each command's reply numbers its packets from 1; PyMySQL expects the number of
+        # the one command it thinks it sent.
+        raw._next_seq_id = 1
+        raw._read_query_result()
+        while raw._result.has_next:
+            raw.next_result()
 
 
 def reset_session(raw: Any) -> None:
-    """COM_RESET_CONNECTION, then what PyMySQL set up after login, as it was.
-
-    The reset drops user variables, temporary tables, named locks, prepared
-    statements and session variables (the character set, sql_mode and autocommit
-    included) and keeps the current database. Raises the driver's error when the
-    server or driver cannot do it; the caller then discards the connection.
-    """
-    if not hasattr(raw, "_execute_command"):
-        raise NotImplementedError(f"cannot reset a session of {type(raw).__name__}")
-    raw._execute_command(_COM_RESET_CONNECTION, b"")
-    raw._read_ok_packet()
-    raw.set_character_set(raw.charset, getattr(raw, "collation", None))
-    with raw.cursor() as cursor:
-        if getattr(raw, "sql_mode", None) is not None:
-            cursor.execute("SET sql_mode=%s", (raw.sql_mode,))
-        if getattr(raw, "init_command", None) is not None:
-            cursor.execute(raw.init_command)
+    """Drivers other than PyMySQL: no way to send COM_RESET_CONNECTION."""
+    raise NotImplementedError(f"cannot reset a session of {type(raw).__name__}")

@@ -6,10 +6,13 @@ alias's dialect.
 
 from __future__ import annotations
 
-import re
 import select
 import sys
+from collections.abc import Callable
 from typing import Any
+
+# DISCARD ALL after every request: no statement text shows what a function did.
+RESETS_EVERY_CHECKIN = True
 
 # SQLSTATE classes and codes: connection exception (08...), the server shutting down or
 # killing the backend (57P01 admin_shutdown, 57P02 crash_shutdown, 57P03 cannot_connect_now).
@@ -131,32 +134,9 @@ def close(raw: Any) -> None:
     abort(raw)
 
 
-_SESSION_STATE = re.compile(
-    r"(?:^|;)\s*(?:SET(?!\s+LOCAL\b)|RESET|LISTEN|PREPARE|DECLARE|LOAD)\b"
-    r"|\bTEMP(?:ORARY)?\b|pg_advisory_lock|set_config",
-    re.IGNORECASE,
-)
-
-
-_FIRST_WORDS = ("SET", "RESET", "LISTEN", "PREPARE", "DECLARE", "LOAD")
-
-
-def leaves_session_state(sql: object) -> bool:
-    """Whether ``sql`` may leave state on the session that the next request would see.
-
-    Substring tests settle the usual statement; the full pattern (which knows
-    ``SET LOCAL`` ends with the transaction) runs only where they cannot.
-    """
-    if not isinstance(sql, str):
-        return False
-    if ";" in sql or "/*" in sql or "--" in sql:
-        return _SESSION_STATE.search(sql) is not None
-    upper = sql.upper()
-    if upper.lstrip().startswith(_FIRST_WORDS):
-        return _SESSION_STATE.search(sql) is not None
-    if "TEMP" in upper or "PG_ADVISORY_LOCK" in upper or "SET_CONFIG" in upper:
-        return _SESSION_STATE.search(sql) is not None  # not for a column "attempts"
-    return False
+def plan_reset(raw: Any, statements: Callable[[], list[str]]) -> None:
+    """No reset is sent ahead here: ``reset_session`` runs it at checkin, waiting."""
+    return None
 
 
 def reset_session(raw: Any) -> None:

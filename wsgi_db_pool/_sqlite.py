@@ -7,6 +7,7 @@ alias's dialect. An in-memory database is refused by ``_django.resolve_aliases``
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 
@@ -50,6 +51,9 @@ def close(raw: Any) -> None:
     abort(raw)
 
 
+# A "reset" closes the connection: only after statements that may leave state behind.
+RESETS_EVERY_CHECKIN = False
+
 _SESSION_STATE = re.compile(r"\bPRAGMA\b|\bTEMP(?:ORARY)?\b|\bATTACH\b", re.IGNORECASE)
 
 
@@ -61,3 +65,8 @@ def leaves_session_state(sql: object) -> bool:
 def reset_session(raw: Any) -> None:
     """SQLite has no session reset: the caller discards the connection (cheap to reopen)."""
     raise NotImplementedError("SQLite connections are discarded, not reset")
+
+
+def plan_reset(raw: Any, statements: Callable[[], list[str]]) -> None:
+    """Nothing to send ahead: a connection that needs a reset is discarded."""
+    return None
