@@ -200,21 +200,19 @@ class _Guard:
     commits a partial transaction; so the socket is dropped on the spot, whatever the
     driver's version does, and every later command on it fails instead.
 
-    It also keeps the connection's session reset: how to start one (``plan``, made at
-    connect) and how many of its replies are still on the socket (``pending``).
+    It also notes whether a statement visibly left session state (``dirty``), which
+    makes the reset go out at checkin, and keeps how to reset the connection (``plan``,
+    made at connect) and how many of the reset's replies are still on the socket
+    (``pending``).
     """
 
-    __slots__ = ("detect", "dialect", "dirty", "fault", "pending", "plan", "wrapper")
+    __slots__ = ("dialect", "dirty", "fault", "pending", "plan", "wrapper")
 
     def __init__(self, wrapper: Any, dialect: Any, plan: Any = None) -> None:
         self.wrapper = wrapper
         self.dialect = dialect
         self.fault: str | None = None
-        # Where a reset is cheap it runs after every request, whatever the statements
-        # were: no statement text shows what a stored function or a trigger does.
-        # Elsewhere (SQLite, whose "reset" is a discard) the text decides.
-        self.detect = not dialect.RESETS_EVERY_CHECKIN
-        # The statements since the last reset may have left session state behind.
+        # The statements since the last reset visibly left session state behind.
         self.dirty = False
         self.plan = plan
         self.pending = 0
@@ -222,7 +220,7 @@ class _Guard:
     def __call__(
         self, execute: Callable[..., Any], sql: Any, params: Any, many: bool, context: Any
     ) -> Any:
-        if self.detect and not self.dirty and self.dialect.leaves_session_state(sql):
+        if not self.dirty and self.dialect.leaves_session_state(sql):
             self.dirty = True
         return self.run(execute, sql, params, many, context)
 
@@ -273,8 +271,7 @@ class _Guard:
 
 
 def _session_setup(wrapper: Any) -> list[str]:
-    """The statements Django's own session setup sends, recorded without sending them,
-    then autocommit as the settings want it (a reset turns it on)."""
+    """The statements Django's own session setup sends, recorded without sending them."""
     recorded: list[str] = []
 
     def record(execute: Any, sql: Any, params: Any, many: bool, context: Any) -> None:
@@ -285,8 +282,6 @@ def _session_setup(wrapper: Any) -> list[str]:
     # What connect() ran once, with every feature it asked the server already cached.
     with wrapper.execute_wrapper(record):
         wrapper.init_connection_state()
-    if not wrapper.settings_dict["AUTOCOMMIT"]:
-        recorded.append("SET autocommit=0")
     return recorded
 
 
@@ -317,7 +312,11 @@ class AliasConnector:
         wrapper.close_at = None
         wrapper.health_check_enabled = False
         wrapper.close_if_unusable_or_obsolete = _leave_to_pool
-        plan = self.dialect.plan_reset(wrapper.connection, lambda: _session_setup(wrapper))
+        plan = self.dialect.plan_reset(
+            wrapper.connection,
+            lambda: _session_setup(wrapper),
+            wrapper.settings_dict["AUTOCOMMIT"],
+        )
         guard = _Guard(wrapper, self.dialect, plan)
         for name in ("_commit", "_rollback", "_set_autocommit"):
             setattr(wrapper, name, guard.around(getattr(wrapper, name)))
@@ -369,8 +368,22 @@ class AliasConnector:
             return "broken"
         autocommit = wrapper.settings_dict["AUTOCOMMIT"]
         mode = self.reset_session
-        if mode == "always" or (mode == "auto" and (not guard.detect or guard.dirty)):
-            reason = self._reset_session(guard, wrapper, raw, autocommit, wait=mode == "always")
+        if mode != "never" and guard.plan is not None:
+            # Sent now, not with the next command, when the request visibly left a lock,
+            # a temporary table or maybe a transaction (and its row locks) behind.
+            now = (
+                guard.dirty
+                or wrapper.in_atomic_block
+                or wrapper.autocommit != autocommit
+                or self.dialect.needs_rollback(raw)
+            )
+            reason = self._reset_planned(guard, raw, now, wait=mode == "always")
+            if reason is not None:
+                return reason
+        elif mode == "always" or (
+            mode == "auto" and (guard.dirty or self.dialect.RESETS_EVERY_CHECKIN)
+        ):
+            reason = self._reset_session(guard, wrapper, raw, autocommit)
             if reason is not None:
                 return reason
         elif (
@@ -413,34 +426,49 @@ class AliasConnector:
             wrapper.execute_wrappers = base
         return None
 
-    def _reset_session(
-        self, guard: _Guard, wrapper: Any, raw: Any, autocommit: bool, wait: bool
-    ) -> str | None:
+    def _reset_planned(self, guard: _Guard, raw: Any, now: bool, wait: bool) -> str | None:
+        """The reset made at connect: rollback, COM_RESET_CONNECTION and the session's
+        setup, in one write, whatever the request's statements were (no statement text
+        shows what a stored function or trigger left behind)."""
         if guard.pending:
-            # Never checked out since its last reset (check() reads the replies):
-            # read them before sending more.
+            # Never checked out since its last reset (check() reads the replies).
             reason = self._finish_reset(guard, raw)
             if reason is not None:
                 return reason
         try:
-            if guard.plan is None:
-                # The server rolls back first, then drops the session's state.
-                self.dialect.reset_session(raw)
-                # The backend's own way (a method on MySQLdb, an attribute on psycopg).
-                wrapper._set_autocommit(autocommit)
-                wrapper.init_connection_state()
-            else:
-                # Rollback, reset and the session's setup in one write; the replies are
-                # read at the next checkout (check), or now for "always".
+            if now or wait:
+                # The server drops what the request left at once; the replies are
+                # read at the next checkout, or right away for "always".
                 guard.pending = self.dialect.send_reset(raw, guard.plan)
+            elif not self.dialect.reset_deferred(raw):
+                # Sent with the next request's first command: no round trip of its own.
+                self.dialect.defer_reset(raw, guard.plan)
         except Exception:
             return "reset_failed"
         except BaseException:
             guard.interrupted()
             raise
         guard.dirty = False
-        if wait and guard.pending:
+        if wait:
             return self._finish_reset(guard, raw)
+        return None
+
+    def _reset_session(
+        self, guard: _Guard, wrapper: Any, raw: Any, autocommit: bool
+    ) -> str | None:
+        """A reset that waits for the server: drivers without a plan, and PostgreSQL."""
+        try:
+            # The server rolls back first, then drops the session's state.
+            self.dialect.reset_session(raw)
+            # The backend's own way (a method on MySQLdb, an attribute on psycopg).
+            wrapper._set_autocommit(autocommit)
+            wrapper.init_connection_state()
+        except Exception:
+            return "reset_failed"
+        except BaseException:
+            guard.interrupted()
+            raise
+        guard.dirty = False
         return None
 
     def close(self, wrapper: BaseDatabaseWrapper) -> None:

@@ -6,10 +6,11 @@ the safe, slower path: a rollback on every checkin and a ping for every check.
 
 from __future__ import annotations
 
+import re
 import select
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 # The connection is gone: server shutdown (1927, 4031 idle kill), gone away (2006),
 # lost during query (2013), out of sync (2014), packet errors after a cut (2045, 2055).
@@ -132,9 +133,46 @@ def close(raw: Any) -> None:
         abort(raw)
 
 
+# Statements after which the session is no longer as Django set it up: SET (session
+# variables, names, next transaction), USE, LOCK TABLES, PREPARE, HANDLER, CALL, user
+# variables (a single @), temporary tables, named locks.
+_SESSION_STATE = re.compile(
+    # A statement's first word, also behind a comment (/* tags */, -- or # lines)
+    # or inside a versioned comment (/*!40101 SET ... */, as dumps write them).
+    r"(?:^|;|\*/|/\*!\d*|--[^\n]*\n|#[^\n]*\n)\s*(?:SET|USE|LOCK|PREPARE|HANDLER|CALL)\b"
+    r"|(?<!@)@(?!@)|TEMPORARY|GET_LOCK",
+    re.IGNORECASE,
+)
+_FIRST_WORDS = ("SET", "USE", "LOCK", "PREPARE", "HANDLER", "CALL")
+
+
+def leaves_session_state(sql: object) -> bool:
+    """Whether ``sql`` itself visibly leaves state on the session (a lock, a temporary
+    table, a variable): then the reset is sent at once rather than with the next command.
+
+    Blind to what stored functions and triggers do, so it never decides whether to
+    reset, only when. Plain substring tests (C speed) settle the usual ORM statement;
+    the full pattern runs only where comments, several statements or an @ need it.
+    """
+    if not isinstance(sql, str):
+        return False
+    if "@" in sql or ";" in sql or "/*" in sql or "--" in sql or "#" in sql:
+        return _SESSION_STATE.search(sql) is not None
+    upper = sql.upper()
+    return upper.lstrip().startswith(_FIRST_WORDS) or "TEMPORARY" in upper or "GET_LOCK" in upper
+
+
 _COM_QUERY = 0x03
 _COM_RESET_CONNECTION = 0x1F
 _MAX_PAYLOAD = 0xFFFFFF
+
+
+class ResetPlan(NamedTuple):
+    """A connection's session reset, made once at connect."""
+
+    batch: bytes  # COM_RESET_CONNECTION and the setup statements, as written on the wire
+    replies: int  # one per command in the batch
+    status: int  # the server status bits once they ran
 
 
 def _command(command: int, payload: bytes = b"") -> bytes:
@@ -145,9 +183,10 @@ def _command(command: int, payload: bytes = b"") -> bytes:
     return len(body).to_bytes(3, "little") + b"\x00" + body
 
 
-def session_setup(raw: Any, statements: list[str]) -> list[str]:
+def session_setup(raw: Any, statements: list[str], autocommit: bool) -> list[str]:
     """What a session needs after COM_RESET_CONNECTION: PyMySQL's own setup after login
-    (the character set, sql_mode, init_command, as it ran them), then ``statements``.
+    (the character set, sql_mode, init_command, as it ran them), ``statements``, and
+    autocommit off if so wanted (the reset turns it on).
 
     The reset keeps only the handshake's character set, which on MySQL 8 is not the
     collation PyMySQL's ``SET NAMES`` chose: so the names are set again too.
@@ -159,37 +198,44 @@ def session_setup(raw: Any, statements: list[str]) -> list[str]:
     if getattr(raw, "init_command", None) is not None:
         setup.append(raw.init_command)
     setup.extend(statements)
+    if not autocommit:
+        setup.append("SET autocommit=0")
     return setup
 
 
-def plan_reset(raw: Any, statements: Callable[[], list[str]]) -> tuple[bytes, int] | None:
-    """The bytes of COM_RESET_CONNECTION and of the session setup after it (``statements()``
-    gives the caller's part), to be written in one go, and how many replies they get.
-
-    None when the driver is not PyMySQL: then ``reset_session`` resets, waiting.
-    """
-    if not hasattr(raw, "_write_bytes") or not hasattr(raw, "_read_query_result"):
+def plan_reset(
+    raw: Any, statements: Callable[[], list[str]], autocommit: bool
+) -> ResetPlan | None:
+    """COM_RESET_CONNECTION and the session setup after it (``statements()`` gives the
+    caller's part), to be written in one go; None when the driver is not PyMySQL,
+    which ``reset_session`` then resets, waiting."""
+    if not all(hasattr(raw, name) for name in _PYMYSQL_INTERNALS):
         return None
-    setup = session_setup(raw, statements())
+    setup = session_setup(raw, statements(), autocommit)
     encoding = raw.encoding
     batch = _command(_COM_RESET_CONNECTION) + b"".join(
         _command(_COM_QUERY, statement.encode(encoding)) for statement in setup
     )
-    return batch, 1 + len(setup)
+    return ResetPlan(batch, 1 + len(setup), _AUTOCOMMIT if autocommit else 0)
 
 
-def send_reset(raw: Any, plan: tuple[bytes, int]) -> int:
-    """Write the reset and the session setup without waiting for the replies.
+# What the reset needs of PyMySQL's Connection; tests/test_contract.py pins each.
+_PYMYSQL_INTERNALS = ("_write_bytes", "_read_packet", "_read_query_result", "_next_seq_id")
 
-    The server works through them while the request ends and the next one begins;
-    ``finish_reset`` reads the replies at the next checkout. Returns how many are due.
+
+def send_reset(raw: Any, plan: ResetPlan) -> int:
+    """Write the reset and the session setup now, without waiting for the replies.
+
+    For a request that visibly left a lock or a temporary table: the server drops
+    them at once. ``finish_reset`` reads the replies. Returns how many are due.
     """
-    raw._write_bytes(plan[0])
-    return plan[1]
+    raw._write_bytes(plan.batch)
+    raw.server_status = plan.status
+    return plan.replies
 
 
 def finish_reset(raw: Any, replies: int) -> None:
-    """Read the replies ``send_reset`` left on the socket; raises the driver's error if the
+    """Read the replies the reset left on the socket; raises the driver's error if the
     reset or a setup statement failed, after which the connection must be discarded."""
     for _ in range(replies):
         # Each command's reply numbers its packets from 1; PyMySQL expects the number of
@@ -198,6 +244,44 @@ def finish_reset(raw: Any, replies: int) -> None:
         raw._read_query_result()
         while raw._result.has_next:
             raw.next_result()
+
+
+def defer_reset(raw: Any, plan: ResetPlan) -> None:
+    """Make the connection's next command carry the reset and setup ahead of it.
+
+    No write now and no read at checkout: the batch goes out in the same write as the
+    next request's first command, and its replies are read, from the same socket
+    buffer, before that command's own. Until then PyMySQL is told the server status
+    the reset will leave (autocommit as set up, no transaction), so that Django's
+    first ``set_autocommit`` is sent when it must be. Both hooks are instance
+    attributes that remove themselves: the command after pays nothing.
+    """
+    write = raw._write_bytes
+    read = raw._read_packet
+
+    def write_after_reset(data: bytes) -> None:
+        del raw._write_bytes
+        write(plan.batch + data)
+
+    def read_after_reset(*args: Any, **kwargs: Any) -> Any:
+        del raw._read_packet
+        try:
+            finish_reset(raw, plan.replies)
+        except BaseException:
+            # The command's own reply is still on its way: out of sync for good.
+            abort(raw)
+            raise
+        raw._next_seq_id = 1
+        return read(*args, **kwargs)
+
+    raw._write_bytes = write_after_reset
+    raw._read_packet = read_after_reset
+    raw.server_status = plan.status
+
+
+def reset_deferred(raw: Any) -> bool:
+    """Whether a deferred reset still waits for the connection's next command."""
+    return "_read_packet" in vars(raw)
 
 
 def reset_session(raw: Any) -> None:

@@ -6,6 +6,7 @@ alias's dialect.
 
 from __future__ import annotations
 
+import re
 import select
 import sys
 from collections.abc import Callable
@@ -134,7 +135,36 @@ def close(raw: Any) -> None:
     abort(raw)
 
 
-def plan_reset(raw: Any, statements: Callable[[], list[str]]) -> None:
+_SESSION_STATE = re.compile(
+    r"(?:^|;)\s*(?:SET(?!\s+LOCAL\b)|RESET|LISTEN|PREPARE|DECLARE|LOAD)\b"
+    r"|\bTEMP(?:ORARY)?\b|pg_advisory_lock|set_config",
+    re.IGNORECASE,
+)
+
+
+_FIRST_WORDS = ("SET", "RESET", "LISTEN", "PREPARE", "DECLARE", "LOAD")
+
+
+def leaves_session_state(sql: object) -> bool:
+    """Whether ``sql`` itself visibly leaves state on the session; blind to functions,
+    so it never decides whether to reset (always, here), only tells the guard.
+
+    Substring tests settle the usual statement; the full pattern (which knows
+    ``SET LOCAL`` ends with the transaction) runs only where they cannot.
+    """
+    if not isinstance(sql, str):
+        return False
+    if ";" in sql or "/*" in sql or "--" in sql:
+        return _SESSION_STATE.search(sql) is not None
+    upper = sql.upper()
+    if upper.lstrip().startswith(_FIRST_WORDS):
+        return _SESSION_STATE.search(sql) is not None
+    if "TEMP" in upper or "PG_ADVISORY_LOCK" in upper or "SET_CONFIG" in upper:
+        return _SESSION_STATE.search(sql) is not None  # not for a column "attempts"
+    return False
+
+
+def plan_reset(raw: Any, statements: Callable[[], list[str]], autocommit: bool) -> None:
     """No reset is sent ahead here: ``reset_session`` runs it at checkin, waiting."""
     return None
 

@@ -67,6 +67,6 @@ def reset_session(raw: Any) -> None:
     raise NotImplementedError("SQLite connections are discarded, not reset")
 
 
-def plan_reset(raw: Any, statements: Callable[[], list[str]]) -> None:
+def plan_reset(raw: Any, statements: Callable[[], list[str]], autocommit: bool) -> None:
     """Nothing to send ahead: a connection that needs a reset is discarded."""
     return None
