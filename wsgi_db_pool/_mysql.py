@@ -186,11 +186,7 @@ def _command(command: int, payload: bytes = b"") -> bytes:
 def session_setup(raw: Any, statements: list[str], autocommit: bool) -> list[str]:
     """What a session needs after COM_RESET_CONNECTION: PyMySQL's own setup after login
     (the character set, sql_mode, init_command, as it ran them), ``statements``, and
-    autocommit off if so wanted (the reset turns it on).
-
-    The reset keeps only the handshake's character set, which on MySQL 8 is not the
-    collation PyMySQL's ``SET NAMES`` chose: so the names are set again too.
-    """
+    autocommit off if so wanted (the reset turns it on)."""
     collation = getattr(raw, "collation", None)
     setup = [f"SET NAMES {raw.charset}" + (f" COLLATE {collation}" if collation else "")]
     if getattr(raw, "sql_mode", None) is not None:
@@ -212,11 +208,47 @@ def plan_reset(
     if not all(hasattr(raw, name) for name in _PYMYSQL_INTERNALS):
         return None
     setup = session_setup(raw, statements(), autocommit)
+    if _names_kept(raw, setup):
+        # Every statement the reset's reply must wait for costs the next request a
+        # turn of the server: skip the one that would change nothing.
+        del setup[0]
     encoding = raw.encoding
     batch = _command(_COM_RESET_CONNECTION) + b"".join(
         _command(_COM_QUERY, statement.encode(encoding)) for statement in setup
     )
     return ResetPlan(batch, 1 + len(setup), _AUTOCOMMIT if autocommit else 0)
+
+
+# Per server and character set settings: whether COM_RESET_CONNECTION leaves the
+# character set as PyMySQL's SET NAMES made it. It goes back to the handshake's,
+# which on MariaDB 10.x is the same and on MySQL 8 has another default collation.
+_NAMES_KEPT: dict[tuple[Any, ...], bool] = {}
+_NAMES_SQL = (
+    "SELECT @@character_set_client, @@character_set_connection, "
+    "@@character_set_results, @@collation_connection"
+)
+
+
+def _names_kept(raw: Any, setup: list[str]) -> bool:
+    key = (raw.host, raw.port, raw.server_version, raw.charset, getattr(raw, "collation", None))
+    kept = _NAMES_KEPT.get(key)
+    if kept is None:
+        kept = _NAMES_KEPT[key] = _probe_names(raw, setup)
+    return kept
+
+
+def _probe_names(raw: Any, setup: list[str]) -> bool:
+    """Reset the fresh connection once and compare; then set it up again, as it was."""
+    with raw.cursor() as cursor:
+        cursor.execute(_NAMES_SQL)
+        before = cursor.fetchone()
+        raw._execute_command(_COM_RESET_CONNECTION, b"")
+        raw._read_ok_packet()
+        cursor.execute(_NAMES_SQL)
+        after = cursor.fetchone()
+        for statement in setup:
+            cursor.execute(statement)
+    return bool(before == after)
 
 
 # What the reset needs of PyMySQL's Connection; tests/test_contract.py pins each.
