@@ -44,3 +44,7 @@ urlpatterns += [
     path("call-procedure/", views.call_procedure),
     path("procedure-variable/", views.read_procedure_variable),
 ]  # tests/test_reset.py::test_callproc_state_is_reset
+urlpatterns += [
+    path("run-sql/", views.run_sql),
+    path("probe-session/", views.probe_session),
+]  # tests/test_session_state.py
