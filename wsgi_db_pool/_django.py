@@ -453,9 +453,7 @@ class AliasConnector:
             return self._finish_reset(guard, raw)
         return None
 
-    def _reset_session(
-        self, guard: _Guard, wrapper: Any, raw: Any, autocommit: bool
-    ) -> str | None:
+    def _reset_session(self, guard: _Guard, wrapper: Any, raw: Any, autocommit: bool) -> str | None:
         """A reset that waits for the server: drivers without a plan, and PostgreSQL."""
         try:
             # The server rolls back first, then drops the session's state.

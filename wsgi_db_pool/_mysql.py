@@ -199,9 +199,7 @@ def session_setup(raw: Any, statements: list[str], autocommit: bool) -> list[str
     return setup
 
 
-def plan_reset(
-    raw: Any, statements: Callable[[], list[str]], autocommit: bool
-) -> ResetPlan | None:
+def plan_reset(raw: Any, statements: Callable[[], list[str]], autocommit: bool) -> ResetPlan | None:
     """COM_RESET_CONNECTION and the session setup after it (``statements()`` gives the
     caller's part), to be written in one go; None when the driver is not PyMySQL,
     which ``reset_session`` then resets, waiting."""
@@ -248,7 +246,7 @@ def _role_setup(raw: Any) -> str | None:
         return None
     if current is None:
         return "SET ROLE NONE"
-    return "SET ROLE `" + current.replace("`", "``") + "`"
+    return "SET ROLE `" + str(current).replace("`", "``") + "`"
 
 
 def _names_kept(raw: Any, setup: list[str]) -> bool:
