@@ -451,11 +451,14 @@ for t in threads:
 running = False
 sampler.join()
 stats = app.stats()["default"]
+left = json.loads(call("/run-sql/", "sql=SET+@secret+%3D+'alice-token'")[1])
+found = json.loads(call("/probe-session/")[1])
 app.close()
 print(json.dumps({{
     "driver": MySQLdb.__name__, "raw": type(app.pools["default"].connector).__name__,
     "statuses": statuses, "ids": sorted(ids), "threads": len(idents), "peak": peak,
-    "stats": stats,
+    "stats": stats, "same": left["conn_id"] == found["conn_id"],
+    "secret": found["user_variable"],
 }}))
 """
 
@@ -471,7 +474,8 @@ def _have_mysqlclient() -> bool:
 @pytest.mark.slow
 def test_mysqlclient_under_real_threads(server: Server, tmp_path: Path) -> None:
     """12 real threads on mysqlclient (no gevent patching): every request served, at most
-    cap = 3 server connections, reused across threads."""
+    cap = 3 server connections, reused across threads; a user variable does not outlive
+    its request (COM_CHANGE_USER resets the session)."""
     # make test installs it (.ci/run installs the client headers it builds against).
     assert _have_mysqlclient(), "mysqlclient is not installed: run `make test`, which installs it"
     (tmp_path / "mysqlclient_settings.py").write_text(textwrap.dedent(MYSQLCLIENT_SETTINGS))
@@ -490,6 +494,8 @@ def test_mysqlclient_under_real_threads(server: Server, tmp_path: Path) -> None:
     assert found["driver"] == "MySQLdb"  # mysqlclient's, not PyMySQL standing in for it
     assert found["threads"] == 12
     assert found["statuses"] == ["200 OK"] * 120
+    # The next request on the connection that set @secret does not see it.
+    assert (found["same"], found["secret"]) == (True, [None, None])
     assert 1 <= found["peak"] <= 3
     assert 1 <= len(found["ids"]) <= 3
     stats = found["stats"]

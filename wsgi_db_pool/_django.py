@@ -457,7 +457,7 @@ class AliasConnector:
         """A reset that waits for the server: drivers without a plan, and PostgreSQL."""
         try:
             # The server rolls back first, then drops the session's state.
-            self.dialect.reset_session(raw)
+            self.dialect.reset_session(raw, wrapper.get_connection_params())
             # The backend's own way (a method on MySQLdb, an attribute on psycopg).
             wrapper._set_autocommit(autocommit)
             wrapper.init_connection_state()

@@ -336,6 +336,19 @@ def reset_deferred(raw: Any) -> bool:
     return "_read_packet" in vars(raw)
 
 
-def reset_session(raw: Any) -> None:
-    """Drivers other than PyMySQL: no way to send COM_RESET_CONNECTION."""
-    raise NotImplementedError(f"cannot reset a session of {type(raw).__name__}")
+def reset_session(raw: Any, params: dict[str, Any]) -> None:
+    """Drivers other than PyMySQL (mysqlclient): COM_CHANGE_USER to the same account, which
+    clears the session as a new login would, then what the driver ran after its login.
+
+    ``params``: the keyword arguments Django connects with. Raises when the driver or the
+    account cannot do it (credentials from an option file); the caller then discards.
+    """
+    change_user = getattr(raw, "change_user", None)
+    if change_user is None or not params.get("user"):
+        raise NotImplementedError(f"cannot reset a session of {type(raw).__name__}")
+    change_user(params["user"], params.get("password", ""), params.get("database"))
+    with raw.cursor() as cursor:
+        if params.get("sql_mode"):
+            cursor.execute("SET SESSION sql_mode = %s", (params["sql_mode"],))
+        if params.get("init_command"):
+            cursor.execute(params["init_command"])

@@ -169,7 +169,7 @@ def plan_reset(raw: Any, statements: Callable[[], list[str]], autocommit: bool) 
     return None
 
 
-def reset_session(raw: Any) -> None:
+def reset_session(raw: Any, params: dict[str, Any]) -> None:
     """Roll back, then ``DISCARD ALL`` (session variables, temporary tables, prepared
     statements, advisory locks, LISTEN); the caller re-applies autocommit and Django's
     session setup. psycopg 3 forgets its own prepared statements when it sees it."""

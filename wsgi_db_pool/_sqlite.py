@@ -62,7 +62,7 @@ def leaves_session_state(sql: object) -> bool:
     return isinstance(sql, str) and _SESSION_STATE.search(sql) is not None
 
 
-def reset_session(raw: Any) -> None:
+def reset_session(raw: Any, params: dict[str, Any]) -> None:
     """SQLite has no session reset: the caller discards the connection (cheap to reopen)."""
     raise NotImplementedError("SQLite connections are discarded, not reset")
 
