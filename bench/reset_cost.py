@@ -6,8 +6,9 @@ The same GET /pk/<id> (one SELECT through the ORM) goes through three middleware
 one per mode ("never", "auto", "always"), each with one pooled connection to the
 local MariaDB. Rounds interleave the modes, in an order rotated every round, so
 that drift (other clients of the server, CPU frequency) falls on every mode alike;
-each round times a block of requests per mode. The ratio of a mode to "never" is
-taken within each round, and the median over rounds is what is reported.
+each round times a block of requests per mode. Reported: the ratio of each mode's best
+block to "never"'s best (timeit's rule: noise only takes throughput away), and the
+median over rounds of the ratio taken within each round.
 
 Requests run in the main greenlet, back to back, as in bench/micro.py: between one
 request's checkin and the next one's checkout there is only the end of one request
@@ -109,6 +110,8 @@ def measure(rounds: int, number: int) -> dict[str, Any]:
         "best_per_second": {mode: round(max(rates[mode]), 1) for mode in MODES},
         "ratio_to_never": {
             mode: {
+                # timeit's rule: noise only ever takes throughput away.
+                "best": round(max(rates[mode]) / max(rates["never"]), 4),
                 "median": round(statistics.median(ratios[mode]), 4),
                 "min": round(min(ratios[mode]), 4),
                 "max": round(max(ratios[mode]), 4),
@@ -133,12 +136,13 @@ def main() -> int:
     create_table()
     print(f"GET {PATH}, {rounds} interleaved rounds of {number} requests per mode", flush=True)
     result = measure(rounds, number)
-    print("median req/s and, per round, the ratio to never (median, min-max):")
+    print("req/s (best, median) and the ratio to never (of the best; per round: median, min-max)")
     for mode in MODES:
         ratio = result["ratio_to_never"][mode]
         print(
-            f"  {mode:<7} {result['median_per_second'][mode]:8.1f}/s  "
-            f"{ratio['median']:.4f} ({ratio['min']:.4f}-{ratio['max']:.4f})"
+            f"  {mode:<7} {result['best_per_second'][mode]:8.1f}/s "
+            f"{result['median_per_second'][mode]:8.1f}/s  best {ratio['best']:.4f}  "
+            f"rounds {ratio['median']:.4f} ({ratio['min']:.4f}-{ratio['max']:.4f})"
         )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
