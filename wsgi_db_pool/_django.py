@@ -436,11 +436,13 @@ class AliasConnector:
             if reason is not None:
                 return reason
         try:
-            if now or wait:
+            if self.dialect.reset_deferred(raw):
+                pass  # the request sent nothing: the reset planned before still holds
+            elif now or wait:
                 # The server drops what the request left at once; the replies are
                 # read at the next checkout, or right away for "always".
                 guard.pending = self.dialect.send_reset(raw, guard.plan)
-            elif not self.dialect.reset_deferred(raw):
+            else:
                 # Sent with the next request's first command: no round trip of its own.
                 self.dialect.defer_reset(raw, guard.plan)
         except Exception:
