@@ -476,6 +476,32 @@ def test_pymysql_deferred_reset(server: Server) -> None:
         conn.close()
 
 
+@pytest.mark.parametrize("init_command", [None, "SET @from_init = 1"], ids=["simple", "generic"])
+def test_pymysql_reset_reply_error_raises(server: Server, init_command: str | None) -> None:
+    """A setup statement the server refuses after the reset raises PyMySQL's own error, from
+    either reader of the replies (one OK packet each, or PyMySQL's result reader)."""
+    conn = pymysql.connect(
+        host="127.0.0.1",
+        user=USER,
+        password=USER,
+        database=DB_NAME,
+        ssl_disabled=True,
+        init_command=init_command,
+    )
+    try:
+        made = _mysql.plan_reset(conn, list, True)
+        assert made is not None
+        assert made.simple is (init_command is None)
+        refused = _mysql._command(0x03, b"SET SESSION no_such_variable = 1")
+        plan = made._replace(batch=made.batch + refused, replies=made.replies + 1)
+        assert _mysql.send_reset(conn, plan)
+        with pytest.raises(pymysql.MySQLError) as raised:
+            _mysql.finish_reset(conn, plan)
+        assert raised.value.args[0] == 1193  # unknown system variable
+    finally:
+        conn._force_close()
+
+
 def test_pymysql_reset_written_now_read_later(server: Server) -> None:
     """send_reset writes the batch at once (the server drops a lock before anyone reads);
     finish_reset reads the replies later."""
@@ -485,12 +511,12 @@ def test_pymysql_reset_written_now_read_later(server: Server) -> None:
         assert plan is not None
         lock = f"{DB_NAME}.contract"  # lock names are server-wide
         assert _one(conn, f"SELECT GET_LOCK('{lock}', 0)") == 1
-        replies = _mysql.send_reset(conn, plan)
+        assert _mysql.send_reset(conn, plan)
         deadline = time.monotonic() + 3
         while server.value("SELECT IS_USED_LOCK(%s)", (lock,)) is not None:
             assert time.monotonic() < deadline, "the lock outlived the reset"
             gevent.sleep(0.005)
-        _mysql.finish_reset(conn, replies)
+        _mysql.finish_reset(conn, plan)
         assert _one(conn, "SELECT 1") == 1
     finally:
         conn.close()

@@ -202,7 +202,7 @@ class _Guard:
 
     It also notes whether a statement visibly left session state (``dirty``), which
     makes the reset go out at checkin, and keeps how to reset the connection (``plan``,
-    made at connect) and how many of the reset's replies are still on the socket
+    made at connect) and whether the reset's replies are still on the socket
     (``pending``).
     """
 
@@ -215,7 +215,7 @@ class _Guard:
         # The statements since the last reset visibly left session state behind.
         self.dirty = False
         self.plan = plan
-        self.pending = 0
+        self.pending = False
 
     def __call__(
         self, execute: Callable[..., Any], sql: Any, params: Any, many: bool, context: Any
@@ -301,6 +301,13 @@ class AliasConnector:
         wrapper: Any = _django_create_connection(connections, self.alias)
         try:
             wrapper.ensure_connection()
+            # How to reset this session later; it may ask the server (the role, the
+            # time zone the session began with), so it fails the connect as the connect would.
+            plan = self.dialect.plan_reset(
+                wrapper.connection,
+                lambda: _session_setup(wrapper),
+                wrapper.settings_dict["AUTOCOMMIT"],
+            )
         except BaseException:
             if wrapper.connection is not None:
                 self.dialect.abort(wrapper.connection)
@@ -312,11 +319,6 @@ class AliasConnector:
         wrapper.close_at = None
         wrapper.health_check_enabled = False
         wrapper.close_if_unusable_or_obsolete = _leave_to_pool
-        plan = self.dialect.plan_reset(
-            wrapper.connection,
-            lambda: _session_setup(wrapper),
-            wrapper.settings_dict["AUTOCOMMIT"],
-        )
         guard = _Guard(wrapper, self.dialect, plan)
         for name in ("_commit", "_rollback", "_set_autocommit"):
             setattr(wrapper, name, guard.around(getattr(wrapper, name)))
@@ -346,14 +348,14 @@ class AliasConnector:
         # Usually read from the socket buffer: the server answered while the previous
         # request ended and this one began.
         try:
-            self.dialect.finish_reset(raw, guard.pending)
+            self.dialect.finish_reset(raw, guard.plan)
         except Exception as exc:
             return "broken" if self.dialect.is_gone(exc) else "reset_failed"
         except BaseException:
             guard.interrupted()
             raise
         finally:
-            guard.pending = 0
+            guard.pending = False
         return None
 
     def reset(self, wrapper: Any) -> str | None:

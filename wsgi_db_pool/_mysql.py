@@ -173,6 +173,7 @@ class ResetPlan(NamedTuple):
     batch: bytes  # COM_RESET_CONNECTION and the setup statements, as written on the wire
     replies: int  # one per command in the batch
     status: int  # the server status bits once they ran
+    simple: bool  # every reply is one OK packet (no init_command, which may return rows)
 
 
 def _command(command: int, payload: bytes = b"") -> bytes:
@@ -217,7 +218,8 @@ def plan_reset(raw: Any, statements: Callable[[], list[str]], autocommit: bool) 
     batch = _command(_COM_RESET_CONNECTION) + b"".join(
         _command(_COM_QUERY, statement.encode(encoding)) for statement in setup
     )
-    return ResetPlan(batch, 1 + len(setup), _AUTOCOMMIT if autocommit else 0)
+    simple = getattr(raw, "init_command", None) is None
+    return ResetPlan(batch, 1 + len(setup), _AUTOCOMMIT if autocommit else 0, simple)
 
 
 # Per server and character set settings: whether COM_RESET_CONNECTION leaves the
@@ -275,27 +277,55 @@ def _probe_names(raw: Any, setup: list[str]) -> bool:
 _PYMYSQL_INTERNALS = ("_write_bytes", "_read_packet", "_read_query_result", "_next_seq_id")
 
 
-def send_reset(raw: Any, plan: ResetPlan) -> int:
+def send_reset(raw: Any, plan: ResetPlan) -> bool:
     """Write the reset and the session setup now, without waiting for the replies.
 
     For a request that visibly left a lock or a temporary table: the server drops
-    them at once. ``finish_reset`` reads the replies. Returns how many are due.
+    them at once. ``finish_reset`` reads the replies. Returns whether any are due.
     """
     raw._write_bytes(plan.batch)
     raw.server_status = plan.status
-    return plan.replies
+    return True
 
 
-def finish_reset(raw: Any, replies: int) -> None:
+def finish_reset(raw: Any, plan: ResetPlan) -> None:
     """Read the replies the reset left on the socket; raises the driver's error if the
     reset or a setup statement failed, after which the connection must be discarded."""
-    for _ in range(replies):
+    if plan.simple:
+        _finish_simple(raw, plan.replies)
+        return
+    for _ in range(plan.replies):
         # Each command's reply numbers its packets from 1; PyMySQL expects the number of
         # the one command it thinks it sent.
         raw._next_seq_id = 1
         raw._read_query_result()
         while raw._result.has_next:
             raw.next_result()
+
+
+def _finish_simple(raw: Any, replies: int) -> None:
+    """Replies that are each one OK packet, read as bytes: PyMySQL's result objects cost
+    6 us more per request than the whole rest of the reset on the client."""
+    if raw._current_timeout != raw._read_timeout:
+        raw._sock.settimeout(raw._read_timeout)
+        raw._current_timeout = raw._read_timeout
+    read = raw._read_bytes  # drops the socket on any error, as for any reply
+    for _ in range(replies):
+        head = read(4)
+        body = read(int.from_bytes(head[:3], "little"))
+        if head[3] != 1 or body[:1] != b"\x00":
+            _unexpected(raw, body)
+
+
+def _unexpected(raw: Any, body: bytes) -> None:
+    """An error packet raises as PyMySQL would (its own classes, which Django wraps);
+    anything else leaves the connection out of step for good."""
+    packet_type = sys.modules[type(raw).__module__].MysqlPacket
+    try:
+        packet_type(body, raw.encoding).raise_for_error()
+        raise RuntimeError(f"unexpected reply to the session reset: {body[:16]!r}")
+    finally:
+        abort(raw)
 
 
 def defer_reset(raw: Any, plan: ResetPlan) -> None:
@@ -318,7 +348,7 @@ def defer_reset(raw: Any, plan: ResetPlan) -> None:
     def read_after_reset(*args: Any, **kwargs: Any) -> Any:
         del raw._read_packet
         try:
-            finish_reset(raw, plan.replies)
+            finish_reset(raw, plan)
         except BaseException:
             # The command's own reply is still on its way: out of sync for good.
             abort(raw)
