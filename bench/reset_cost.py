@@ -128,8 +128,18 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument("--number", type=int, default=None)
+    parser.add_argument(
+        "--server-isolation",
+        action="store_true",
+        help="Django's OPTIONS isolation_level=None: the session keeps the server's isolation "
+        "level, and a reset needs no statement after it",
+    )
     parser.add_argument("--out", type=Path, default=HERE / "out" / "reset_cost.json")
     args = parser.parse_args()
+    if args.server_isolation:
+        from django.db import connections
+
+        connections.settings["default"]["OPTIONS"]["isolation_level"] = None
     rounds = args.rounds or (6 if args.quick else 20)
     number = args.number or (300 if args.quick else 1000)
     ensure_database()
