@@ -494,9 +494,9 @@ def test_pymysql_reset_reply_error_raises(server: Server, init_command: str | No
         assert made.simple is (init_command is None)
         refused = _mysql._command(0x03, b"SET SESSION no_such_variable = 1")
         plan = made._replace(batch=made.batch + refused, replies=made.replies + 1)
-        assert _mysql.send_reset(conn, plan)
+        replies = _mysql.send_reset(conn, plan)
         with pytest.raises(pymysql.MySQLError) as raised:
-            _mysql.finish_reset(conn, plan)
+            _mysql.finish_reset(conn, plan, replies)
         assert raised.value.args[0] == 1193  # unknown system variable
     finally:
         conn._force_close()
@@ -511,12 +511,12 @@ def test_pymysql_reset_written_now_read_later(server: Server) -> None:
         assert plan is not None
         lock = f"{DB_NAME}.contract"  # lock names are server-wide
         assert _one(conn, f"SELECT GET_LOCK('{lock}', 0)") == 1
-        assert _mysql.send_reset(conn, plan)
+        replies = _mysql.send_reset(conn, plan)
         deadline = time.monotonic() + 3
         while server.value("SELECT IS_USED_LOCK(%s)", (lock,)) is not None:
             assert time.monotonic() < deadline, "the lock outlived the reset"
             gevent.sleep(0.005)
-        _mysql.finish_reset(conn, plan)
+        _mysql.finish_reset(conn, plan, replies)
         assert _one(conn, "SELECT 1") == 1
     finally:
         conn.close()

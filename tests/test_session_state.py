@@ -33,12 +33,21 @@ BODIES = {
     "named_lock": f"DO GET_LOCK('{LOCK}', 0)",
     "prepared_statement": "PREPARE leak_stmt FROM 'SELECT 1'",
     "role": f"SET ROLE {ROLE}",
+    # COM_RESET_CONNECTION keeps the current database: the pool puts it back.
+    "database": "USE information_schema",
 }
 # The key of /probe-session/'s answer that shows each kind.
 SHOWN_AS = {kind: kind for kind in BODIES} | {"user_variable_into": "user_variable"}
 WAYS = ("direct", "function", "procedure", "trigger")
-# MariaDB refuses dynamic SQL (PREPARE) in stored functions and triggers.
-IMPOSSIBLE = {("prepared_statement", "function"), ("prepared_statement", "trigger")}
+# MariaDB refuses dynamic SQL (PREPARE) in stored functions and triggers, and USE in any
+# stored program.
+IMPOSSIBLE = {
+    ("prepared_statement", "function"),
+    ("prepared_statement", "trigger"),
+    ("database", "function"),
+    ("database", "procedure"),
+    ("database", "trigger"),
+}
 MODES = ("auto", "always", "never")
 
 CASES = [

@@ -202,7 +202,7 @@ class _Guard:
 
     It also notes whether a statement visibly left session state (``dirty``), which
     makes the reset go out at checkin, and keeps how to reset the connection (``plan``,
-    made at connect) and whether the reset's replies are still on the socket
+    made at connect) and how many of the reset's replies are still on the socket
     (``pending``).
     """
 
@@ -215,7 +215,7 @@ class _Guard:
         # The statements since the last reset visibly left session state behind.
         self.dirty = False
         self.plan = plan
-        self.pending = False
+        self.pending = 0
 
     def __call__(
         self, execute: Callable[..., Any], sql: Any, params: Any, many: bool, context: Any
@@ -348,14 +348,14 @@ class AliasConnector:
         # Usually read from the socket buffer: the server answered while the previous
         # request ended and this one began.
         try:
-            self.dialect.finish_reset(raw, guard.plan)
+            self.dialect.finish_reset(raw, guard.plan, guard.pending)
         except Exception as exc:
             return "broken" if self.dialect.is_gone(exc) else "reset_failed"
         except BaseException:
             guard.interrupted()
             raise
         finally:
-            guard.pending = False
+            guard.pending = 0
         return None
 
     def reset(self, wrapper: Any) -> str | None:

@@ -164,6 +164,7 @@ def leaves_session_state(sql: object) -> bool:
     return upper.lstrip().startswith(_FIRST_WORDS) or "TEMPORARY" in upper or "GET_LOCK" in upper
 
 
+_COM_INIT_DB = 0x02
 _COM_QUERY = 0x03
 _COM_RESET_CONNECTION = 0x1F
 _MAX_PAYLOAD = 0xFFFFFF
@@ -176,6 +177,9 @@ class ResetPlan(NamedTuple):
     replies: int  # one per command in the batch
     status: int  # the server status bits once they ran
     simple: bool  # every reply is one OK packet (no init_command, which may return rows)
+    # COM_INIT_DB back to the database of the connect, or b"": the reset keeps a USE.
+    # Only where a request visibly changed it (USE); stored programs cannot.
+    restore_db: bytes
 
 
 # What the reset needs of PyMySQL's Connection; tests/test_contract.py pins each.
@@ -232,7 +236,10 @@ def plan_reset(raw: Any, statements: Callable[[], list[str]], autocommit: bool) 
         _command(_COM_QUERY, statement.encode(encoding)) for statement in setup
     )
     simple = getattr(raw, "init_command", None) is None
-    return ResetPlan(batch, 1 + len(setup), _AUTOCOMMIT if autocommit else 0, simple)
+    database = raw.db.encode(encoding) if isinstance(raw.db, str) else raw.db
+    restore_db = _command(_COM_INIT_DB, database) if database else b""
+    status = _AUTOCOMMIT if autocommit else 0
+    return ResetPlan(batch, 1 + len(setup), status, simple, restore_db)
 
 
 # Per server and character set settings: whether COM_RESET_CONNECTION leaves the
@@ -286,24 +293,25 @@ def _probe_names(raw: Any, setup: list[str]) -> bool:
     return bool(before == after)
 
 
-def send_reset(raw: Any, plan: ResetPlan) -> bool:
-    """Write the reset and the session setup now, without waiting for the replies.
+def send_reset(raw: Any, plan: ResetPlan) -> int:
+    """Write the reset, the session setup and the database of the connect now, without
+    waiting for the replies.
 
-    For a request that visibly left a lock or a temporary table: the server drops
-    them at once. ``finish_reset`` reads the replies. Returns whether any are due.
+    For a request that visibly left a lock, a temporary table or another database: the
+    server drops them at once. ``finish_reset`` reads the replies; returns how many.
     """
-    raw._write_bytes(plan.batch)
+    raw._write_bytes(plan.batch + plan.restore_db)
     raw.server_status = plan.status
-    return True
+    return plan.replies + bool(plan.restore_db)
 
 
-def finish_reset(raw: Any, plan: ResetPlan) -> None:
-    """Read the replies the reset left on the socket; raises the driver's error if the
+def finish_reset(raw: Any, plan: ResetPlan, replies: int) -> None:
+    """Read the ``replies`` the reset left on the socket; raises the driver's error if the
     reset or a setup statement failed, after which the connection must be discarded."""
     if plan.simple:
-        _finish_simple(raw, plan.replies)
+        _finish_simple(raw, replies)
         return
-    for _ in range(plan.replies):
+    for _ in range(replies):
         # Each command's reply numbers its packets from 1; PyMySQL expects the number of
         # the one command it thinks it sent.
         raw._next_seq_id = 1
@@ -358,7 +366,7 @@ def defer_reset(raw: Any, plan: ResetPlan) -> None:
     def read_after_reset(*args: Any, **kwargs: Any) -> Any:
         del raw._read_packet
         try:
-            finish_reset(raw, plan)
+            finish_reset(raw, plan, plan.replies)
         except BaseException:
             # The command's own reply is still on its way: out of sync for good.
             abort(raw)

@@ -208,12 +208,12 @@ def plan_reset(raw: Any, statements: Callable[[], list[str]], autocommit: bool) 
     return ResetPlan("; ".join(setup), autocommit)
 
 
-def send_reset(raw: Any, plan: ResetPlan) -> bool:
+def send_reset(raw: Any, plan: ResetPlan) -> int:
     """Reset the session now (one round trip); no replies are left for later."""
     reset_session(raw, {}, plan.sql)
     if not plan.autocommit:
         _set_autocommit(raw, False)
-    return False
+    return 0
 
 
 def defer_reset(raw: Any, plan: ResetPlan) -> None:
@@ -225,7 +225,7 @@ def reset_deferred(raw: Any) -> bool:
     return False
 
 
-def finish_reset(raw: Any, plan: ResetPlan) -> None:
+def finish_reset(raw: Any, plan: ResetPlan, replies: int) -> None:
     """No replies are ever left for later here."""
 
 

@@ -582,16 +582,17 @@ def probe_session(request: HttpRequest) -> HttpResponse:
     with connections[alias].cursor() as cursor:
         cursor.execute(
             "SELECT CONNECTION_ID(), @secret, @trig, @@session.time_zone, IS_USED_LOCK(%s),"
-            " CURRENT_ROLE()",
+            " CURRENT_ROLE(), DATABASE()",
             [request.GET.get("lock", "")],
         )
-        conn_id, secret, trig, time_zone, lock_holder, role = cursor.fetchone()
+        conn_id, secret, trig, time_zone, lock_holder, role, database = cursor.fetchone()
         state = {
             "conn_id": conn_id,
             "user_variable": [secret, trig],
             "session_variable": time_zone,
             "named_lock": lock_holder,
             "role": role,
+            "database": database,
             "temporary_table": _runs(cursor, "SELECT COUNT(*) FROM t_leak"),
             "prepared_statement": _runs(cursor, "EXECUTE leak_stmt"),
         }

@@ -78,8 +78,10 @@ def test_commands_of_a_clean_request(
         assert commands == {"query": n}
     else:
         # COM_RESET_CONNECTION, then Django's isolation level again (no SET NAMES:
-        # on MariaDB 10.x the reset leaves the character set as it was).
+        # on MariaDB 10.x the reset leaves the character set as it was); "always" also
+        # puts the database back (COM_INIT_DB), which auto does only after a USE.
         assert commands.pop("reset") == n
+        assert commands.pop("init_db", 0) == (n if mode == "always" else 0)
         extra, remainder = divmod(commands.pop("query") - n, n)
         assert (extra, remainder, commands) == (1, 0, {}), (extra, remainder, commands)
     assert pooled.stats(proxied)["connects"] == 1
@@ -93,10 +95,14 @@ def test_auto_resets_after_every_request(
     pooled.json("/read/", alias=proxied)
     proxy.commands.clear()
     pooled.json("/leave-state/", alias=proxied, kind="user_variable")
-    # Its two statements, then the reset and the statement that restores the session.
-    assert dict(proxy.commands) == {"query": 2 + 1, "reset": 1}
+    pooled.json("/read/", alias=proxied)
+    # The first read's reset (and its SET) riding on the request's first statement; the
+    # request's two statements; at its checkin, as it visibly left state, the reset, the SET
+    # and the database of the connect, whose replies the next checkout reads; the read.
+    assert dict(proxy.commands) == {"query": 1 + 2 + 1 + 1, "reset": 2, "init_db": 1}
     proxy.commands.clear()
     pooled.json("/read/", alias=proxied)
+    # The read's reset rides on this one's query.
     assert dict(proxy.commands) == {"query": 1 + 1, "reset": 1}
 
 
