@@ -429,9 +429,10 @@ class AliasConnector:
         return None
 
     def _reset_planned(self, guard: _Guard, raw: Any, now: bool, wait: bool) -> str | None:
-        """The reset made at connect: rollback, COM_RESET_CONNECTION and the session's
-        setup, in one write, whatever the request's statements were (no statement text
-        shows what a stored function or trigger left behind)."""
+        """The reset planned at connect, whatever the request's statements were (no
+        statement's text shows what a stored function or trigger left behind): with
+        PyMySQL, COM_RESET_CONNECTION and the session's setup in one write; with
+        psycopg, DISCARD ALL's parts and Django's setup in one query, at once."""
         if guard.pending:
             # Never checked out since its last reset (check() reads the replies).
             reason = self._finish_reset(guard, raw)
@@ -458,7 +459,8 @@ class AliasConnector:
         return None
 
     def _reset_session(self, guard: _Guard, wrapper: Any, raw: Any, autocommit: bool) -> str | None:
-        """A reset that waits for the server: drivers without a plan, and PostgreSQL."""
+        """A reset that waits for the server, for drivers without a plan (mysqlclient);
+        SQLite's raises, and the connection is discarded instead."""
         try:
             # The server rolls back first, then drops the session's state.
             self.dialect.reset_session(raw, wrapper.get_connection_params())
