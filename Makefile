@@ -3,7 +3,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 # Contract tests also run against the oldest Django we support, and the interrupt
-# and reset tests against the oldest PyMySQL.
+# and reset tests (the reset reaches into PyMySQL) against the oldest PyMySQL.
 VENV42 ?= .venv-django42
 VENVPY ?= .venv-pymysql-oldest
 BIN := $(VENV)/bin
@@ -61,7 +61,8 @@ test-pymysql-oldest: $(VENVPY)/bin/.installed
 		tests/test_contract.py tests/test_lifecycle.py tests/test_requests.py \
 		tests/faults/test_interrupts.py tests/faults/test_isolation.py $(PYTEST_ARGS)
 	$(VENVPY)/bin/python -m gevent.monkey --module pytest \
-		tests/faults/test_interrupts.py tests/faults/test_isolation.py $(PYTEST_ARGS)
+		tests/faults/test_interrupts.py tests/faults/test_isolation.py \
+		tests/test_session_state.py $(PYTEST_ARGS)
 
 # The benchmark keeps its own virtualenv (bench/.venv): the peers it measures patch
 # Django and must not reach $(VENV). Needs root (apt-get wrk) and the local MariaDB.

@@ -226,6 +226,119 @@ def test_postgresql_cap_holds(
     assert app.stats("pg")["open"] <= 3
 
 
+# -- PostgreSQL session state set by functions ---------------------------------------------------
+
+PG_ROLE = f"{NAMESPACE}_pgrole"
+# How each kind of state is set, in PL/pgSQL (a function, procedure or trigger holds it) and
+# as a statement of its own.
+PG_BODIES = {
+    "user_variable": (
+        "PERFORM set_config('app.secret', 'alice-token', false)",
+        "SELECT set_config('app.secret', 'alice-token', false)",
+    ),
+    "session_variable": ("SET TIME ZONE 'Asia/Tokyo'", "SET TIME ZONE 'Asia/Tokyo'"),
+    "temporary_table": ("CREATE TEMP TABLE t_leak (x int)", "CREATE TEMP TABLE t_leak (x int)"),
+    "named_lock": ("PERFORM pg_advisory_lock(42)", "SELECT pg_advisory_lock(42)"),
+    "prepared_statement": (
+        "EXECUTE 'PREPARE leak_stmt AS SELECT 1'",
+        "PREPARE leak_stmt AS SELECT 1",
+    ),
+    "role": (f"SET ROLE {PG_ROLE}", f"SET ROLE {PG_ROLE}"),
+}
+PG_CALLS = {
+    "function": "SELECT leak_f()",
+    "procedure": "CALL leak_p()",
+    "trigger": "INSERT INTO leak_t (v) VALUES (1)",
+}
+
+
+def _pg_routine(way: str, body: str) -> list[str]:
+    """What makes the routine that runs ``body`` (dropped with the test's database)."""
+    if way == "function":
+        return [
+            f"CREATE FUNCTION leak_f() RETURNS int LANGUAGE plpgsql AS "
+            f"$$ BEGIN {body}; RETURN 1; END $$"
+        ]
+    if way == "procedure":
+        return [f"CREATE PROCEDURE leak_p() LANGUAGE plpgsql AS $$ BEGIN {body}; END $$"]
+    return [
+        "CREATE TABLE leak_t (id serial PRIMARY KEY, v int)",
+        f"CREATE FUNCTION leak_tf() RETURNS trigger LANGUAGE plpgsql AS "
+        f"$$ BEGIN {body}; RETURN NEW; END $$",
+        "CREATE TRIGGER leak_tr BEFORE INSERT ON leak_t FOR EACH ROW EXECUTE FUNCTION leak_tf()",
+    ]
+
+
+@pytest.fixture
+def pg_role(postgres: Postgres) -> Iterator[str]:
+    """A role the pool's (superuser) sessions can SET ROLE to."""
+    postgres.conn.execute(f'DROP ROLE IF EXISTS "{PG_ROLE}"')
+    postgres.conn.execute(f'CREATE ROLE "{PG_ROLE}"')
+    yield PG_ROLE
+    _unbind("pg")
+    postgres.conn.execute(f'DROP DATABASE IF EXISTS "{PG_DB}" WITH (FORCE)')
+    postgres.conn.execute(f'DROP ROLE IF EXISTS "{PG_ROLE}"')
+
+
+PG_CASES = [
+    pytest.param(kind, way, mode, id=f"{mode}-{kind}-{way}")
+    for mode in ("auto", "always", "never")
+    for kind in PG_BODIES
+    for way in ("direct", "function", "procedure", "trigger")
+]
+
+
+@pytest.mark.parametrize(("kind", "way", "mode"), PG_CASES)
+def test_postgresql_session_state_per_way_and_mode(
+    make_pooled: Callable[..., Pooled],
+    server: Server,
+    postgres: Postgres,
+    pg_role: str,
+    kind: str,
+    way: str,
+    mode: str,
+) -> None:
+    """GUCs, temp tables, advisory locks, prepared statements and roles set directly or in
+    PL/pgSQL are gone for the next request under auto and always; under never they stay."""
+    in_plpgsql, direct = PG_BODIES[kind]
+    if way == "direct":
+        sql = direct
+    else:
+        with psycopg.connect(**PG, dbname=PG_DB, autocommit=True) as conn:
+            for ddl in _pg_routine(way, in_plpgsql):
+                conn.execute(ddl)
+        sql = PG_CALLS[way]
+    kwargs: dict[str, Any] = {} if mode == "auto" else {"reset_session": mode}
+    app = make_pooled(aliases=["pg"], pool_size=1, max_overflow=0, **kwargs)
+    fresh = app.json("/probe-session/", alias="pg")
+    left = app.json("/run-sql/", alias="pg", sql=sql)
+    after = app.json("/probe-session/", alias="pg")
+    assert after["conn_id"] == left["conn_id"] == fresh["conn_id"], "not recycled"
+    if mode == "never":
+        assert after[kind] != fresh[kind], f"{kind} set by {way} was expected to stay"
+    else:
+        assert after == fresh
+    assert app.stats("pg")["discards"] == {}
+
+
+def test_postgresql_function_secret_and_temp_table_are_gone(
+    make_pooled: Callable[..., Pooled], server: Server, postgres: Postgres
+) -> None:
+    """Default settings: request 1 runs a PL/pgSQL function that calls set_config('app.secret',
+    ..., false) and creates a temp table; request 2 on the same session sees neither."""
+    with psycopg.connect(**PG, dbname=PG_DB, autocommit=True) as conn:
+        conn.execute(
+            "CREATE FUNCTION f() RETURNS int LANGUAGE plpgsql AS $$ BEGIN "
+            "PERFORM set_config('app.secret', 'x', false); "
+            "CREATE TEMP TABLE t_leak (x int); RETURN 1; END $$"
+        )
+    app = make_pooled(aliases=["pg"], pool_size=1)
+    first = app.json("/run-sql/", alias="pg", sql="SELECT f()")
+    second = app.json("/probe-session/", alias="pg")
+    assert second["conn_id"] == first["conn_id"]
+    assert (second["user_variable"], second["temporary_table"]) == (None, False)
+
+
 # -- SQLite ----------------------------------------------------------------------------------------
 
 
@@ -338,11 +451,14 @@ for t in threads:
 running = False
 sampler.join()
 stats = app.stats()["default"]
+left = json.loads(call("/run-sql/", "sql=SET+@secret+%3D+'alice-token'")[1])
+found = json.loads(call("/probe-session/")[1])
 app.close()
 print(json.dumps({{
     "driver": MySQLdb.__name__, "raw": type(app.pools["default"].connector).__name__,
     "statuses": statuses, "ids": sorted(ids), "threads": len(idents), "peak": peak,
-    "stats": stats,
+    "stats": stats, "same": left["conn_id"] == found["conn_id"],
+    "secret": found["user_variable"],
 }}))
 """
 
@@ -358,7 +474,8 @@ def _have_mysqlclient() -> bool:
 @pytest.mark.slow
 def test_mysqlclient_under_real_threads(server: Server, tmp_path: Path) -> None:
     """12 real threads on mysqlclient (no gevent patching): every request served, at most
-    cap = 3 server connections, reused across threads."""
+    cap = 3 server connections, reused across threads; a user variable does not outlive
+    its request (COM_CHANGE_USER resets the session)."""
     # make test installs it (.ci/run installs the client headers it builds against).
     assert _have_mysqlclient(), "mysqlclient is not installed: run `make test`, which installs it"
     (tmp_path / "mysqlclient_settings.py").write_text(textwrap.dedent(MYSQLCLIENT_SETTINGS))
@@ -377,6 +494,8 @@ def test_mysqlclient_under_real_threads(server: Server, tmp_path: Path) -> None:
     assert found["driver"] == "MySQLdb"  # mysqlclient's, not PyMySQL standing in for it
     assert found["threads"] == 12
     assert found["statuses"] == ["200 OK"] * 120
+    # The next request on the connection that set @secret does not see it.
+    assert (found["same"], found["secret"]) == (True, [None, None])
     assert 1 <= found["peak"] <= 3
     assert 1 <= len(found["ids"]) <= 3
     stats = found["stats"]

@@ -10,6 +10,7 @@ import _thread
 import collections
 import inspect
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,11 +25,15 @@ from django.db import DatabaseError, connections
 from django.db.utils import ConnectionHandler, load_backend
 
 # Imported from the module itself, see the note in conftest about pymysql.err.
-from pymysql.constants import SERVER_STATUS
+from pymysql.constants import CLIENT, SERVER_STATUS
+from pymysql.protocol import EOFPacketWrapper
 
 from tests.conftest import DB_NAME, USER, Server
+from wsgi_db_pool import _mysql
 
 pytestmark = pytest.mark.contract
+
+_STATE_CHANGED = 0x4000  # SERVER_SESSION_STATE_CHANGED
 
 
 # -- ConnectionHandler: the seam -------------------------------------------------------
@@ -411,6 +416,165 @@ def test_server_status_flags(server: Server) -> None:
             assert not conn.server_status & SERVER_STATUS.SERVER_STATUS_IN_TRANS
             cursor.execute("SET autocommit = 0")
             assert not conn.server_status & SERVER_STATUS.SERVER_STATUS_AUTOCOMMIT
+    finally:
+        conn.close()
+
+
+def test_pymysql_commands_write_once_then_read_through_read_packet(server: Server) -> None:
+    """A command is one `_write_bytes` call of a packet numbered 0, and every reply packet is
+    read through the instance's `_read_packet`: what the deferred reset hooks rely on."""
+    conn = _connect()
+    try:
+        for name in _mysql._PYMYSQL_INTERNALS:
+            assert hasattr(conn, name), name
+        writes: list[bytes] = []
+        reads: list[int] = []
+        write, read = conn._write_bytes, conn._read_packet
+
+        def spy_write(data: bytes) -> None:
+            writes.append(data)
+            write(data)
+
+        def spy_read(*args: Any, **kwargs: Any) -> Any:
+            reads.append(conn._next_seq_id)
+            return read(*args, **kwargs)
+
+        conn._write_bytes = spy_write  # type: ignore[method-assign]
+        conn._read_packet = spy_read  # type: ignore[method-assign]
+        assert _one(conn, "SELECT 41 + 1") == 42
+        conn.ping(False)
+        assert [data[3] for data in writes] == [0, 0]  # sequence id 0, one write each
+        assert reads[0] == 1  # a reply's packets are numbered from 1
+        assert len(reads) >= 2 + 1  # the result set's packets, then the ping's OK
+        del conn._write_bytes, conn._read_packet
+        assert "_read_packet" not in vars(conn)
+    finally:
+        conn.close()
+
+
+def test_pymysql_deferred_reset(server: Server) -> None:
+    """The reset written with the next command clears the session and sets it up again; the
+    command after it reads its own reply; PyMySQL's autocommit belief matches the server."""
+    conn = _connect()
+    try:
+        plan = _mysql.plan_reset(
+            conn, lambda: ["SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED"], True
+        )
+        assert plan is not None
+        with conn.cursor() as cursor:
+            cursor.execute("SET @leak = 1")
+            cursor.execute("SET autocommit = 0")
+        _mysql.defer_reset(conn, plan)
+        assert _mysql.reset_deferred(conn)
+        assert conn.get_autocommit() is True
+        assert _one(conn, "SELECT @leak") is None
+        assert not _mysql.reset_deferred(conn)
+        assert _one(conn, "SELECT @@autocommit") == 1
+        assert _one(conn, "SELECT @@tx_isolation") == "READ-COMMITTED"
+        assert _one(conn, "SELECT DATABASE()") == DB_NAME
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("init_command", [None, "SET @from_init = 1"], ids=["simple", "generic"])
+def test_pymysql_reset_reply_error_raises(server: Server, init_command: str | None) -> None:
+    """A setup statement the server refuses after the reset raises PyMySQL's own error, from
+    either reader of the replies (one OK packet each, or PyMySQL's result reader)."""
+    conn = pymysql.connect(
+        host="127.0.0.1",
+        user=USER,
+        password=USER,
+        database=DB_NAME,
+        ssl_disabled=True,
+        init_command=init_command,
+    )
+    try:
+        made = _mysql.plan_reset(conn, list, True)
+        assert made is not None
+        assert made.simple is (init_command is None)
+        refused = _mysql._command(0x03, b"SET SESSION no_such_variable = 1")
+        plan = made._replace(batch=made.batch + refused, replies=made.replies + 1)
+        replies = _mysql.send_reset(conn, plan)
+        with pytest.raises(pymysql.MySQLError) as raised:
+            _mysql.finish_reset(conn, plan, replies)
+        assert raised.value.args[0] == 1193  # unknown system variable
+    finally:
+        conn._force_close()
+
+
+def test_pymysql_reset_written_now_read_later(server: Server) -> None:
+    """send_reset writes the batch at once (the server drops a lock before anyone reads);
+    finish_reset reads the replies later."""
+    conn = _connect()
+    try:
+        plan = _mysql.plan_reset(conn, list, True)
+        assert plan is not None
+        lock = f"{DB_NAME}.contract"  # lock names are server-wide
+        assert _one(conn, f"SELECT GET_LOCK('{lock}', 0)") == 1
+        replies = _mysql.send_reset(conn, plan)
+        deadline = time.monotonic() + 3
+        while server.value("SELECT IS_USED_LOCK(%s)", (lock,)) is not None:
+            assert time.monotonic() < deadline, "the lock outlived the reset"
+            gevent.sleep(0.005)
+        _mysql.finish_reset(conn, plan, replies)
+        assert _one(conn, "SELECT 1") == 1
+    finally:
+        conn.close()
+
+
+class _StatusResult(pymysql.connections.MySQLResult):
+    """Keeps the status of the EOF packet that ends a result set (PyMySQL drops it)."""
+
+    def _check_packet_is_eof(self, packet: Any) -> bool:
+        if not packet.is_eof_packet():
+            return False
+        eof = EOFPacketWrapper(packet)
+        self.warning_count, self.has_next = eof.warning_count, eof.has_next
+        self.server_status = eof.server_status & 0xFFFF
+        return True
+
+
+class _StatusConnection(pymysql.connections.Connection):
+    """Notes the server status of the last packet of each statement's reply."""
+
+    def _read_query_result(self, unbuffered: bool = False) -> int:
+        self._result = result = _StatusResult(self)
+        result.read()
+        if result.server_status is not None:
+            self.server_status = result.server_status
+        return int(result.affected_rows or 0)
+
+
+@pytest.mark.parametrize(
+    ("sql", "flagged"),
+    [
+        pytest.param("SET @a = 1", True, id="set-user-variable"),
+        pytest.param("SELECT 1 INTO @b", False, id="select-into-user-variable"),
+        pytest.param("SELECT @c := 1", False, id="assign-user-variable"),
+        pytest.param("SELECT GET_LOCK('{lock}', 0)", False, id="get-lock"),
+        pytest.param("CREATE TEMPORARY TABLE t_flag (x INT)", True, id="temporary-table"),
+        pytest.param("SET SESSION time_zone = '+01:00'", True, id="session-variable"),
+    ],
+)
+def test_session_state_changed_flag_misses_some_state(
+    server: Server, sql: str, flagged: bool
+) -> None:
+    """MariaDB's SERVER_SESSION_STATE_CHANGED (session_track_state_change=ON) is not raised
+    for user variables set by SELECT ... INTO or :=, nor for GET_LOCK(): why "auto" resets
+    after every request rather than only when the server says the session changed."""
+    conn = _StatusConnection(
+        host="127.0.0.1",
+        user=USER,
+        password=USER,
+        database=DB_NAME,
+        ssl_disabled=True,
+        client_flag=CLIENT.SESSION_TRACK,
+    )
+    try:
+        with conn.cursor() as cursor:
+            cursor.execute("SET SESSION session_track_state_change = ON")
+            cursor.execute(sql.format(lock=f"{DB_NAME}.flag"))
+        assert bool(conn.server_status & _STATE_CHANGED) is flagged
     finally:
         conn.close()
 

@@ -41,8 +41,14 @@ def test_connections_are_reused_with_conn_max_age_zero(
     assert (stats["connects"], stats["checkouts"], stats["recycles"]) == (1, 16, 16)
 
 
-def test_warm_pool_costs_one_command_per_query(pooled: Pooled, server: Server) -> None:
-    """A warm pool adds no round trip: a one-query request costs the server exactly one command."""
+def test_warm_pool_costs_one_command_per_query(
+    make_pooled: Callable[..., Pooled], server: Server
+) -> None:
+    """A warm pool adds no round trip: a one-query request costs the server exactly one command
+    (with reset_session="never"; the default's reset rides on that command's write, and
+    tests/faults/test_isolation.py counts it)."""
+    # A session reset would also zero the session counters this test reads.
+    pooled = make_pooled(pool_size=1, max_overflow=0, reset_session="never")
     pooled.json("/read/")
     n = 20
 
@@ -70,7 +76,8 @@ def test_pre_ping(
 ) -> None:
     """pre_ping=True pings on every checkout; the default skips a connection used moments ago."""
     kwargs = {} if pre_ping == 60.0 else {"pre_ping": pre_ping}
-    pooled = make_pooled(pool_size=1, max_overflow=0, **kwargs)
+    # "never": a session reset would zero the session counters this test reads.
+    pooled = make_pooled(pool_size=1, max_overflow=0, reset_session="never", **kwargs)
     pooled.json("/read/")
     counted = pooled.session_counted(lambda: [pooled.json("/read/") for _ in range(5)])
     assert counted["com_admin_commands"] == pings

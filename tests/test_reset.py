@@ -171,7 +171,8 @@ def test_django_settings_do_not_close_or_ping_behind_the_pool(
     """CONN_MAX_AGE and CONN_HEALTH_CHECKS neither close nor ping a pooled connection."""
     for key, value in overrides.items():
         monkeypatch.setitem(connections.settings["default"], key, value)
-    pooled = make_pooled(pool_size=1, max_overflow=0)
+    # "never": a session reset would zero the session counters this test reads.
+    pooled = make_pooled(pool_size=1, max_overflow=0, reset_session="never")
     first = pooled.json("/read/")["conn_id"]
     ids: list[int] = []
     counted = pooled.session_counted(

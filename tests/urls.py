@@ -49,3 +49,7 @@ urlpatterns += [
     path("chain/", views.chain),
 ]  # tests/test_router.py
 urlpatterns += [path("lost-then-retry/", views.lost_then_retry)]  # test_availability.py
+urlpatterns += [
+    path("run-sql/", views.run_sql),
+    path("probe-session/", views.probe_session),
+]  # tests/test_session_state.py

@@ -201,11 +201,25 @@ class _Guard:
     on the socket, where a later COMMIT could read it as its own while the server
     commits a partial transaction; so the socket is dropped on the spot, whatever the
     driver's version does, and every later command on it fails instead.
+
+    It also notes whether a statement visibly left session state (``dirty``), which
+    makes the reset go out at checkin, and keeps how to reset the connection (``plan``,
+    made at connect) and how many of the reset's replies are still on the socket
+    (``pending``).
     """
 
-    __slots__ = ("dialect", "dirty", "fault", "lost_conn", "restoring", "wrapper")
+    __slots__ = (
+        "dialect",
+        "dirty",
+        "fault",
+        "lost_conn",
+        "pending",
+        "plan",
+        "restoring",
+        "wrapper",
+    )
 
-    def __init__(self, wrapper: Any, dialect: Any) -> None:
+    def __init__(self, wrapper: Any, dialect: Any, plan: Any = None) -> None:
         self.wrapper = wrapper
         self.dialect = dialect
         self.fault: str | None = None
@@ -213,8 +227,10 @@ class _Guard:
         self.lost_conn: Any = None
         # Django is turning autocommit back on (see _no_silent_reconnect).
         self.restoring = False
-        # The statements since the last reset may have left session state behind.
+        # The statements since the last reset visibly left session state behind.
         self.dirty = False
+        self.plan = plan
+        self.pending = 0
 
     def __call__(
         self, execute: Callable[..., Any], sql: Any, params: Any, many: bool, context: Any
@@ -297,6 +313,21 @@ class _Guard:
         return create
 
 
+def _session_setup(wrapper: Any) -> list[str]:
+    """The statements Django's own session setup sends, recorded without sending them."""
+    recorded: list[str] = []
+
+    def record(execute: Any, sql: Any, params: Any, many: bool, context: Any) -> None:
+        if params or not isinstance(sql, str):
+            raise ValueError(f"a session setup statement with parameters: {sql!r}")
+        recorded.append(sql)
+
+    # What connect() ran once, with every feature it asked the server already cached.
+    with wrapper.execute_wrapper(record):
+        wrapper.init_connection_state()
+    return recorded
+
+
 def _leave_to_pool() -> None:
     """Replaces ``close_if_unusable_or_obsolete`` on pooled wrappers: the pool decides."""
 
@@ -331,6 +362,7 @@ def _no_silent_reconnect(wrapper: Any, guard: _Guard, timeout: float) -> Callabl
                 raise
         guard.fault = guard.lost_conn = None
         guard.dirty = False
+        guard.pending = 0  # a new session: no reset's replies on its socket
         _leave_to_pool_settings(wrapper)
 
     return reconnect
@@ -365,6 +397,13 @@ class AliasConnector:
         wrapper: Any = _django_create_connection(connections, self.alias)
         try:
             wrapper.ensure_connection()
+            # How to reset this session later; it may ask the server (the role, the
+            # time zone the session began with), so it fails the connect as the connect would.
+            plan = self.dialect.plan_reset(
+                wrapper.connection,
+                lambda: _session_setup(wrapper),
+                wrapper.settings_dict["AUTOCOMMIT"],
+            )
         except BaseException:
             if wrapper.connection is not None:
                 self.dialect.abort(wrapper.connection)
@@ -372,7 +411,7 @@ class AliasConnector:
             raise
         _leave_to_pool_settings(wrapper)
         wrapper.close_if_unusable_or_obsolete = _leave_to_pool
-        guard = _Guard(wrapper, self.dialect)
+        guard = _Guard(wrapper, self.dialect, plan)
         wrapper.connect = _no_silent_reconnect(wrapper, guard, self.timeout)
         for name in ("_commit", "_rollback"):
             setattr(wrapper, name, guard.around(getattr(wrapper, name)))
@@ -384,14 +423,34 @@ class AliasConnector:
         wrapper.execute_wrappers = wrapper._wsgi_db_pool_wrappers
         return wrapper
 
-    def check(self, wrapper: BaseDatabaseWrapper, ping: bool) -> str | None:
+    def check(self, wrapper: Any, ping: bool) -> str | None:
         raw = wrapper.connection
         if raw is None:
             return "closed"
+        guard: _Guard = wrapper._wsgi_db_pool_guard
+        if guard.pending:
+            reason = self._finish_reset(guard, raw)
+            if reason is not None:
+                return reason
+            ping = False  # the reset's replies were the round trip
         if not self.dialect.is_quiet(raw):
             return "broken"
         if ping and not self.dialect.ping(raw):
             return "broken"
+        return None
+
+    def _finish_reset(self, guard: _Guard, raw: Any) -> str | None:
+        # Usually read from the socket buffer: the server answered while the previous
+        # request ended and this one began.
+        try:
+            self.dialect.finish_reset(raw, guard.plan, guard.pending)
+        except Exception as exc:
+            return "broken" if self.dialect.is_gone(exc) else "reset_failed"
+        except BaseException:
+            guard.interrupted()
+            raise
+        finally:
+            guard.pending = 0
         return None
 
     def reset(self, wrapper: Any) -> str | None:
@@ -406,19 +465,24 @@ class AliasConnector:
             return "broken"
         autocommit = wrapper.settings_dict["AUTOCOMMIT"]
         mode = self.reset_session
-        if mode == "always" or (mode == "auto" and guard.dirty):
-            try:
-                # The server rolls back first, then drops the session's state.
-                self.dialect.reset_session(raw)
-                # The backend's own way (a method on MySQLdb, an attribute on psycopg).
-                wrapper._set_autocommit(autocommit)
-                wrapper.init_connection_state()
-            except Exception:
-                return "reset_failed"
-            except BaseException:
-                guard.interrupted()
-                raise
-            guard.dirty = False
+        if mode != "never" and guard.plan is not None:
+            # Sent now, not with the next command, when the request visibly left a lock,
+            # a temporary table or maybe a transaction (and its row locks) behind.
+            now = (
+                guard.dirty
+                or wrapper.in_atomic_block
+                or wrapper.autocommit != autocommit
+                or self.dialect.needs_rollback(raw)
+            )
+            reason = self._reset_planned(guard, raw, now, wait=mode == "always")
+            if reason is not None:
+                return reason
+        elif mode == "always" or (
+            mode == "auto" and (guard.dirty or self.dialect.RESETS_EVERY_CHECKIN)
+        ):
+            reason = self._reset_session(guard, wrapper, raw, autocommit)
+            if reason is not None:
+                return reason
         elif (
             wrapper.in_atomic_block
             or wrapper.autocommit != autocommit
@@ -457,6 +521,53 @@ class AliasConnector:
         if wrapper.execute_wrappers is not base or len(base) != 1:
             del base[1:]
             wrapper.execute_wrappers = base
+        return None
+
+    def _reset_planned(self, guard: _Guard, raw: Any, now: bool, wait: bool) -> str | None:
+        """The reset planned at connect, whatever the request's statements were (no
+        statement's text shows what a stored function or trigger left behind): with
+        PyMySQL, COM_RESET_CONNECTION and the session's setup in one write; with
+        psycopg, DISCARD ALL's parts and Django's setup in one query, at once."""
+        if guard.pending:
+            # Never checked out since its last reset (check() reads the replies).
+            reason = self._finish_reset(guard, raw)
+            if reason is not None:
+                return reason
+        try:
+            if self.dialect.reset_deferred(raw):
+                pass  # the request sent nothing: the reset planned before still holds
+            elif now or wait:
+                # The server drops what the request left at once; the replies are
+                # read at the next checkout, or right away for "always".
+                guard.pending = self.dialect.send_reset(raw, guard.plan)
+            else:
+                # Sent with the next request's first command: no round trip of its own.
+                self.dialect.defer_reset(raw, guard.plan)
+        except Exception:
+            return "reset_failed"
+        except BaseException:
+            guard.interrupted()
+            raise
+        guard.dirty = False
+        if wait:
+            return self._finish_reset(guard, raw)
+        return None
+
+    def _reset_session(self, guard: _Guard, wrapper: Any, raw: Any, autocommit: bool) -> str | None:
+        """A reset that waits for the server, for drivers without a plan (mysqlclient);
+        SQLite's raises, and the connection is discarded instead."""
+        try:
+            # The server rolls back first, then drops the session's state.
+            self.dialect.reset_session(raw, wrapper.get_connection_params())
+            # The backend's own way (a method on MySQLdb, an attribute on psycopg).
+            wrapper._set_autocommit(autocommit)
+            wrapper.init_connection_state()
+        except Exception:
+            return "reset_failed"
+        except BaseException:
+            guard.interrupted()
+            raise
+        guard.dirty = False
         return None
 
     def close(self, wrapper: BaseDatabaseWrapper) -> None:

@@ -1,7 +1,8 @@
 """MySQL/MariaDB specifics: which errors mean "gone", the free health checks, the reset.
 
-Written against PyMySQL (the driver that yields to gevent); other DB-API drivers get
-the safe, slower path: a rollback on every checkin and a ping for every check.
+Written against PyMySQL (the driver that yields to gevent), whose session reset rides on
+the next request's first command; other DB-API drivers (mysqlclient) get the safe, slower
+path: COM_CHANGE_USER at checkin and a ping for every check.
 """
 
 from __future__ import annotations
@@ -9,7 +10,8 @@ from __future__ import annotations
 import re
 import select
 import sys
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 from . import _sync
 
@@ -26,6 +28,10 @@ UNAVAILABLE_CODES = frozenset({1040, 1053, 1203, 1226, 2002, 2003, 2005, 2006, 2
 _UNREACHABLE_CODES = frozenset({1053, 2002, 2003, 2005})
 _REFUSED_CODES = frozenset({1040, 1129, 1203, 1226})
 _DEFAULT_PORT = 3306
+
+# Reset after every request: no statement's text shows what a stored function or a
+# trigger left on the session, and the server's own report misses some (see plan_reset).
+RESETS_EVERY_CHECKIN = True
 
 _IN_TRANS = 0x0001  # SERVER_STATUS_IN_TRANS
 _AUTOCOMMIT = 0x0002  # SERVER_STATUS_AUTOCOMMIT
@@ -195,18 +201,16 @@ _SESSION_STATE = re.compile(
     r"|(?<!@)@(?!@)|TEMPORARY|GET_LOCK",
     re.IGNORECASE,
 )
-_COM_RESET_CONNECTION = 0x1F
-
-
 _FIRST_WORDS = ("SET", "USE", "LOCK", "PREPARE", "HANDLER", "CALL")
 
 
 def leaves_session_state(sql: object) -> bool:
-    """Whether ``sql`` may leave state on the session that the next request would see.
+    """Whether ``sql`` itself visibly leaves state on the session (a lock, a temporary
+    table, a variable): then the reset is sent at once rather than with the next command.
 
-    It runs on every statement: plain substring tests (C speed) settle the usual
-    ORM statement, and the full pattern runs only where comments, several
-    statements or an @ make the simple reading unsafe.
+    Blind to what stored functions and triggers do, so it never decides whether to
+    reset, only when. Plain substring tests (C speed) settle the usual ORM statement;
+    the full pattern runs only where comments, several statements or an @ need it.
     """
     if not isinstance(sql, str):
         return False
@@ -216,21 +220,239 @@ def leaves_session_state(sql: object) -> bool:
     return upper.lstrip().startswith(_FIRST_WORDS) or "TEMPORARY" in upper or "GET_LOCK" in upper
 
 
-def reset_session(raw: Any) -> None:
-    """COM_RESET_CONNECTION, then what PyMySQL set up after login, as it was.
+_COM_INIT_DB = 0x02
+_COM_QUERY = 0x03
+_COM_RESET_CONNECTION = 0x1F
+_MAX_PAYLOAD = 0xFFFFFF
 
-    The reset drops user variables, temporary tables, named locks, prepared
-    statements and session variables (the character set, sql_mode and autocommit
-    included) and keeps the current database. Raises the driver's error when the
-    server or driver cannot do it; the caller then discards the connection.
+
+class ResetPlan(NamedTuple):
+    """A connection's session reset, made once at connect."""
+
+    batch: bytes  # COM_RESET_CONNECTION and the setup statements, as written on the wire
+    replies: int  # one per command in the batch
+    status: int  # the server status bits once they ran
+    simple: bool  # every reply is one OK packet (no init_command, which may return rows)
+    # COM_INIT_DB back to the database of the connect, or b"": the reset keeps a USE.
+    # Only where a request visibly changed it (USE); stored programs cannot.
+    restore_db: bytes
+
+
+# What the reset needs of PyMySQL's Connection; tests/test_contract.py pins each.
+_PYMYSQL_INTERNALS = (
+    "_write_bytes",
+    "_read_packet",
+    "_read_bytes",
+    "_read_query_result",
+    "_next_seq_id",
+    "_read_timeout",
+)
+
+
+def _command(command: int, payload: bytes = b"") -> bytes:
+    """One command packet, sequence id 0."""
+    body = bytes((command,)) + payload
+    if len(body) >= _MAX_PAYLOAD:
+        raise ValueError("a session setup statement of 16 MiB or more")
+    return len(body).to_bytes(3, "little") + b"\x00" + body
+
+
+def session_setup(raw: Any, statements: list[str], autocommit: bool) -> list[str]:
+    """What a session needs after COM_RESET_CONNECTION: PyMySQL's own setup after login
+    (the character set, sql_mode, init_command, as it ran them), ``statements``, and
+    autocommit off if so wanted (the reset turns it on)."""
+    collation = getattr(raw, "collation", None)
+    setup = [f"SET NAMES {raw.charset}" + (f" COLLATE {collation}" if collation else "")]
+    if getattr(raw, "sql_mode", None) is not None:
+        setup.append("SET sql_mode=" + raw.escape(raw.sql_mode))
+    if getattr(raw, "init_command", None) is not None:
+        setup.append(raw.init_command)
+    setup.extend(statements)
+    if not autocommit:
+        setup.append("SET autocommit=0")
+    return setup
+
+
+def plan_reset(raw: Any, statements: Callable[[], list[str]], autocommit: bool) -> ResetPlan | None:
+    """COM_RESET_CONNECTION and the session setup after it (``statements()`` gives the
+    caller's part), to be written in one go; None when the driver is not PyMySQL,
+    which ``reset_session`` then resets, waiting."""
+    if not all(hasattr(raw, name) for name in _PYMYSQL_INTERNALS):
+        return None
+    setup = session_setup(raw, statements(), autocommit)
+    if _names_kept(raw, setup):
+        # Every statement the reset's reply must wait for costs the next request a
+        # turn of the server: skip the one that would change nothing.
+        del setup[0]
+    role = _role_setup(raw)
+    if role is not None:
+        setup.append(role)
+    encoding = raw.encoding
+    batch = _command(_COM_RESET_CONNECTION) + b"".join(
+        _command(_COM_QUERY, statement.encode(encoding)) for statement in setup
+    )
+    simple = getattr(raw, "init_command", None) is None
+    database = raw.db.encode(encoding) if isinstance(raw.db, str) else raw.db
+    restore_db = _command(_COM_INIT_DB, database) if database else b""
+    status = _AUTOCOMMIT if autocommit else 0
+    return ResetPlan(batch, 1 + len(setup), status, simple, restore_db)
+
+
+# Per server and character set settings: whether COM_RESET_CONNECTION leaves the
+# character set as PyMySQL's SET NAMES made it. It goes back to the handshake's,
+# which on MariaDB 10.x is the same and on MySQL 8 has another default collation.
+_NAMES_KEPT: dict[tuple[Any, ...], bool] = {}
+_NAMES_SQL = (
+    "SELECT @@character_set_client, @@character_set_connection, "
+    "@@character_set_results, @@collation_connection"
+)
+
+
+def _role_setup(raw: Any) -> str | None:
+    """The SET ROLE that puts back the role the session began with, where the user has any
+    role to take: COM_RESET_CONNECTION leaves a role a request set (MariaDB 10.11).
+
+    Asked per connection: a user granted no role cannot change it, but a grant made
+    while the pool runs reaches the connections opened after it.
     """
-    if not hasattr(raw, "_execute_command"):
-        raise NotImplementedError(f"cannot reset a session of {type(raw).__name__}")
-    raw._execute_command(_COM_RESET_CONNECTION, b"")
-    raw._read_ok_packet()
-    raw.set_character_set(raw.charset, getattr(raw, "collation", None))
     with raw.cursor() as cursor:
-        if getattr(raw, "sql_mode", None) is not None:
-            cursor.execute("SET sql_mode=%s", (raw.sql_mode,))
-        if getattr(raw, "init_command", None) is not None:
-            cursor.execute(raw.init_command)
+        cursor.execute(
+            "SELECT CURRENT_ROLE(), EXISTS(SELECT 1 FROM information_schema.APPLICABLE_ROLES)"
+        )
+        current, applicable = cursor.fetchone()
+    if not applicable:
+        return None
+    if current is None:
+        return "SET ROLE NONE"
+    return "SET ROLE `" + str(current).replace("`", "``") + "`"
+
+
+def _names_kept(raw: Any, setup: list[str]) -> bool:
+    key = (raw.host, raw.port, raw.server_version, raw.charset, getattr(raw, "collation", None))
+    kept = _NAMES_KEPT.get(key)
+    if kept is None:
+        kept = _NAMES_KEPT[key] = _probe_names(raw, setup)
+    return kept
+
+
+def _probe_names(raw: Any, setup: list[str]) -> bool:
+    """Reset the fresh connection once and compare; then set it up again, as it was."""
+    with raw.cursor() as cursor:
+        cursor.execute(_NAMES_SQL)
+        before = cursor.fetchone()
+        raw._execute_command(_COM_RESET_CONNECTION, b"")
+        raw._read_ok_packet()
+        cursor.execute(_NAMES_SQL)
+        after = cursor.fetchone()
+        for statement in setup:
+            cursor.execute(statement)
+    return bool(before == after)
+
+
+def send_reset(raw: Any, plan: ResetPlan) -> int:
+    """Write the reset, the session setup and the database of the connect now, without
+    waiting for the replies.
+
+    For a request that visibly left a lock, a temporary table or another database: the
+    server drops them at once. ``finish_reset`` reads the replies; returns how many.
+    """
+    raw._write_bytes(plan.batch + plan.restore_db)
+    raw.server_status = plan.status
+    return plan.replies + bool(plan.restore_db)
+
+
+def finish_reset(raw: Any, plan: ResetPlan, replies: int) -> None:
+    """Read the ``replies`` the reset left on the socket; raises the driver's error if the
+    reset or a setup statement failed, after which the connection must be discarded."""
+    if plan.simple:
+        _finish_simple(raw, replies)
+        return
+    for _ in range(replies):
+        # Each command's reply numbers its packets from 1; PyMySQL expects the number of
+        # the one command it thinks it sent.
+        raw._next_seq_id = 1
+        raw._read_query_result()
+        while raw._result.has_next:
+            raw.next_result()
+
+
+def _finish_simple(raw: Any, replies: int) -> None:
+    """Replies that are each one OK packet, read as bytes: 2 us for the reset and one SET,
+    where PyMySQL's result objects take 9-10 us (measured here, replies buffered)."""
+    # PyMySQL 1.2 sets the read timeout in _read_packet only (1.1 in every _read_bytes).
+    if getattr(raw, "_current_timeout", raw._read_timeout) != raw._read_timeout:
+        raw._sock.settimeout(raw._read_timeout)
+        raw._current_timeout = raw._read_timeout
+    read = raw._read_bytes  # drops the socket on any error, as for any reply
+    for _ in range(replies):
+        head = read(4)
+        body = read(int.from_bytes(head[:3], "little"))
+        if head[3] != 1 or body[:1] != b"\x00":
+            _unexpected(raw, body)
+
+
+def _unexpected(raw: Any, body: bytes) -> None:
+    """An error packet raises as PyMySQL would (its own classes, which Django wraps);
+    anything else leaves the connection out of step for good."""
+    packet_type = sys.modules[type(raw).__module__].MysqlPacket
+    try:
+        packet_type(body, raw.encoding).raise_for_error()
+        raise RuntimeError(f"unexpected reply to the session reset: {body[:16]!r}")
+    finally:
+        abort(raw)
+
+
+def defer_reset(raw: Any, plan: ResetPlan) -> None:
+    """Make the connection's next command carry the reset and setup ahead of it.
+
+    No write now and no read at checkout: the batch goes out in the same write as the
+    next request's first command, and its replies are read, from the same socket
+    buffer, before that command's own. Until then PyMySQL is told the server status
+    the reset will leave (autocommit as set up, no transaction), so that Django's
+    first ``set_autocommit`` is sent when it must be. Both hooks are instance
+    attributes that remove themselves: the command after pays nothing.
+    """
+    write = raw._write_bytes
+    read = raw._read_packet
+
+    def write_after_reset(data: bytes) -> None:
+        del raw._write_bytes
+        write(plan.batch + data)
+
+    def read_after_reset(*args: Any, **kwargs: Any) -> Any:
+        del raw._read_packet
+        try:
+            finish_reset(raw, plan, plan.replies)
+        except BaseException:
+            # The command's own reply is still on its way: out of sync for good.
+            abort(raw)
+            raise
+        raw._next_seq_id = 1
+        return read(*args, **kwargs)
+
+    raw._write_bytes = write_after_reset
+    raw._read_packet = read_after_reset
+    raw.server_status = plan.status
+
+
+def reset_deferred(raw: Any) -> bool:
+    """Whether a deferred reset still waits for the connection's next command."""
+    return "_read_packet" in vars(raw)
+
+
+def reset_session(raw: Any, params: dict[str, Any]) -> None:
+    """Drivers other than PyMySQL (mysqlclient): COM_CHANGE_USER to the same account, which
+    clears the session as a new login would, then what the driver ran after its login.
+
+    ``params``: the keyword arguments Django connects with. Raises when the driver or the
+    account cannot do it (credentials from an option file); the caller then discards.
+    """
+    change_user = getattr(raw, "change_user", None)
+    if change_user is None or not params.get("user"):
+        raise NotImplementedError(f"cannot reset a session of {type(raw).__name__}")
+    change_user(params["user"], params.get("password", ""), params.get("database"))
+    with raw.cursor() as cursor:
+        if params.get("sql_mode"):
+            cursor.execute("SET SESSION sql_mode = %s", (params["sql_mode"],))
+        if params.get("init_command"):
+            cursor.execute(params["init_command"])

@@ -9,9 +9,13 @@ from __future__ import annotations
 import re
 import select
 import sys
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 from . import _sync
+
+# DISCARD ALL after every request: no statement text shows what a function did.
+RESETS_EVERY_CHECKIN = True
 
 # SQLSTATE classes and codes: connection exception (08...), the server shutting down or
 # killing the backend (57P01 admin_shutdown, 57P02 crash_shutdown, 57P03 cannot_connect_now).
@@ -169,7 +173,8 @@ _FIRST_WORDS = ("SET", "RESET", "LISTEN", "PREPARE", "DECLARE", "LOAD")
 
 
 def leaves_session_state(sql: object) -> bool:
-    """Whether ``sql`` may leave state on the session that the next request would see.
+    """Whether ``sql`` itself visibly leaves state on the session; blind to functions,
+    so it never decides whether to reset (always, here), only tells the guard.
 
     Substring tests settle the usual statement; the full pattern (which knows
     ``SET LOCAL`` ends with the transaction) runs only where they cannot.
@@ -186,14 +191,83 @@ def leaves_session_state(sql: object) -> bool:
     return False
 
 
-def reset_session(raw: Any) -> None:
-    """Roll back, then ``DISCARD ALL`` (session variables, temporary tables, prepared
-    statements, advisory locks, LISTEN); the caller re-applies autocommit and Django's
-    session setup. psycopg 3 forgets its own prepared statements when it sees it."""
-    raw.rollback()
-    if hasattr(raw, "info"):
-        raw.autocommit = True  # psycopg 3: DISCARD ALL cannot run in a transaction
-    else:
-        raw.set_session(autocommit=True)  # psycopg2
+# DISCARD ALL, spelled out as its documentation does: DISCARD ALL itself refuses to run
+# in a multi-statement string, which the session's setup can then join.
+_DISCARD_ALL = (
+    "CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; DEALLOCATE ALL; UNLISTEN *; "
+    "SELECT pg_advisory_unlock_all(); DISCARD PLANS; DISCARD TEMP; DISCARD SEQUENCES"
+)
+
+
+class ResetPlan(NamedTuple):
+    """A session's reset and setup as one simple query: one round trip at checkin."""
+
+    sql: str
+    autocommit: bool
+
+
+def _parameter(raw: Any, name: str) -> str | None:
+    info = getattr(raw, "info", None)  # psycopg 3
+    value = info.parameter_status(name) if info is not None else raw.get_parameter_status(name)
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def plan_reset(raw: Any, statements: Callable[[], list[str]], autocommit: bool) -> ResetPlan | None:
+    """DISCARD ALL's parts, then what Django set up at connect (its time zone, the role it
+    assumed), in one string; None if the driver is neither psycopg 3 nor psycopg2."""
+    if not hasattr(raw, "info") and not hasattr(raw, "get_parameter_status"):
+        return None
+    setup = [_DISCARD_ALL]
+    time_zone = _parameter(raw, "TimeZone")
+    if time_zone:
+        # RESET ALL puts back the server's zone; Django's differs from it ("UTC" against
+        # "Etc/UTC" is enough) and would cost a round trip of its own to set again.
+        setup.append(f"SET TIME ZONE {_literal(time_zone)}")
     with raw.cursor() as cursor:
-        cursor.execute("DISCARD ALL")
+        cursor.execute("SELECT current_user, session_user")
+        current, session = cursor.fetchone()
+    if current != session:  # Django's assume_role
+        setup.append(f"SET ROLE {_literal(current)}")
+    return ResetPlan("; ".join(setup), autocommit)
+
+
+def send_reset(raw: Any, plan: ResetPlan) -> int:
+    """Reset the session now (one round trip); no replies are left for later."""
+    reset_session(raw, {}, plan.sql)
+    if not plan.autocommit:
+        _set_autocommit(raw, False)
+    return 0
+
+
+def defer_reset(raw: Any, plan: ResetPlan) -> None:
+    """Nothing is sent ahead on PostgreSQL: the reset runs now."""
+    send_reset(raw, plan)
+
+
+def reset_deferred(raw: Any) -> bool:
+    return False
+
+
+def finish_reset(raw: Any, plan: ResetPlan, replies: int) -> None:
+    """No replies are ever left for later here."""
+
+
+def _set_autocommit(raw: Any, on: bool) -> None:
+    if hasattr(raw, "info"):
+        raw.autocommit = on  # psycopg 3
+    else:
+        raw.set_session(autocommit=on)  # psycopg2
+
+
+def reset_session(raw: Any, params: dict[str, Any], sql: str = "DISCARD ALL") -> None:
+    """Roll back, then ``sql`` (DISCARD ALL by default: session variables, temporary tables,
+    prepared statements, advisory locks, LISTEN) in autocommit. psycopg 3 forgets its own
+    prepared statements when it sees DISCARD ALL or DEALLOCATE ALL."""
+    raw.rollback()
+    _set_autocommit(raw, True)  # DISCARD ALL cannot run in a transaction
+    with raw.cursor() as cursor:
+        cursor.execute(sql)

@@ -7,6 +7,7 @@ alias's dialect. An in-memory database is refused by ``_django.resolve_aliases``
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 
@@ -59,6 +60,9 @@ def close(raw: Any) -> None:
     abort(raw)
 
 
+# A "reset" closes the connection: only after statements that may leave state behind.
+RESETS_EVERY_CHECKIN = False
+
 _SESSION_STATE = re.compile(r"\bPRAGMA\b|\bTEMP(?:ORARY)?\b|\bATTACH\b", re.IGNORECASE)
 
 
@@ -67,6 +71,11 @@ def leaves_session_state(sql: object) -> bool:
     return isinstance(sql, str) and _SESSION_STATE.search(sql) is not None
 
 
-def reset_session(raw: Any) -> None:
+def reset_session(raw: Any, params: dict[str, Any]) -> None:
     """SQLite has no session reset: the caller discards the connection (cheap to reopen)."""
     raise NotImplementedError("SQLite connections are discarded, not reset")
+
+
+def plan_reset(raw: Any, statements: Callable[[], list[str]], autocommit: bool) -> None:
+    """Nothing to send ahead: a connection that needs a reset is discarded."""
+    return None

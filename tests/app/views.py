@@ -600,3 +600,75 @@ def lost_then_retry(request: HttpRequest) -> HttpResponse:
     except Error as exc:  # InterfaceError is no DatabaseError
         second = type(exc).__name__
     return JsonResponse({"first": first, "error": error, "second": second})
+
+
+# -- session state set directly or by stored routines (tests/test_session_state.py) -----------
+
+
+def run_sql(request: HttpRequest) -> HttpResponse:
+    """Run each ``sql`` parameter in turn, rows read and dropped; the connection's id."""
+    alias = _alias(request)
+    with connections[alias].cursor() as cursor:
+        for sql in request.GET.getlist("sql"):
+            cursor.execute(sql)
+            if cursor.description:
+                cursor.fetchall()
+    return JsonResponse({"conn_id": _vendor_conn_id(alias)})
+
+
+def _runs(cursor: Any, sql: str) -> bool:
+    try:
+        cursor.execute(sql)
+    except DatabaseError:
+        return False
+    cursor.fetchall()
+    return True
+
+
+def probe_session(request: HttpRequest) -> HttpResponse:
+    """Every kind of session state a request may inherit, as this one finds it.
+
+    ``lock``: the named (MySQL) lock to look for; PostgreSQL counts its advisory locks.
+    """
+    alias = _alias(request)
+    if connections[alias].vendor == "postgresql":
+        return JsonResponse(_probe_postgresql(alias))
+    with connections[alias].cursor() as cursor:
+        cursor.execute(
+            "SELECT CONNECTION_ID(), @secret, @trig, @@session.time_zone, IS_USED_LOCK(%s),"
+            " CURRENT_ROLE(), DATABASE()",
+            [request.GET.get("lock", "")],
+        )
+        conn_id, secret, trig, time_zone, lock_holder, role, database = cursor.fetchone()
+        state = {
+            "conn_id": conn_id,
+            "user_variable": [secret, trig],
+            "session_variable": time_zone,
+            "named_lock": lock_holder,
+            "role": role,
+            "database": database,
+            "temporary_table": _runs(cursor, "SELECT COUNT(*) FROM t_leak"),
+            "prepared_statement": _runs(cursor, "EXECUTE leak_stmt"),
+        }
+    return JsonResponse(state)
+
+
+def _probe_postgresql(alias: str) -> dict[str, Any]:
+    with connections[alias].cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_backend_pid(), NULLIF(current_setting('app.secret', true), ''),"
+            " current_setting('TimeZone'), to_regclass('t_leak') IS NOT NULL,"
+            " (SELECT count(*) FROM pg_locks"
+            "  WHERE locktype = 'advisory' AND pid = pg_backend_pid()),"
+            " (SELECT count(*) FROM pg_prepared_statements), current_user::text"
+        )
+        conn_id, secret, time_zone, temporary_table, locks, prepared, role = cursor.fetchone()
+    return {
+        "conn_id": conn_id,
+        "user_variable": secret,
+        "session_variable": time_zone,
+        "temporary_table": temporary_table,
+        "named_lock": locks,
+        "prepared_statement": prepared,
+        "role": role,
+    }

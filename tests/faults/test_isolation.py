@@ -63,7 +63,7 @@ def test_session_state_per_reset_mode(
 def test_commands_of_a_clean_request(
     make_pooled: Callable[..., Pooled], proxy: Proxy, proxied: str, server: Server, mode: str
 ) -> None:
-    """A request that left no state: one command per query (auto, never); always adds a reset.
+    """never: one command per query; auto and always add the reset and the session setup.
 
     Counted at the proxy, so other clients of the shared server cannot blur the figure.
     """
@@ -74,29 +74,36 @@ def test_commands_of_a_clean_request(
     for _ in range(n):
         pooled.json("/read/", alias=proxied)
     commands = dict(proxy.commands)
-    if mode == "always":
-        # COM_RESET_CONNECTION, then SET NAMES and Django's isolation level again.
-        assert commands.pop("reset") == n
-        extra, remainder = divmod(commands.pop("query") - n, n)
-        assert (extra, remainder, commands) == (2, 0, {}), (extra, remainder, commands)
-    else:
+    if mode == "never":
         assert commands == {"query": n}
+    else:
+        # COM_RESET_CONNECTION, then Django's isolation level again (no SET NAMES:
+        # on MariaDB 10.x the reset leaves the character set as it was); "always" also
+        # puts the database back (COM_INIT_DB), which auto does only after a USE.
+        assert commands.pop("reset") == n
+        assert commands.pop("init_db", 0) == (n if mode == "always" else 0)
+        extra, remainder = divmod(commands.pop("query") - n, n)
+        assert (extra, remainder, commands) == (1, 0, {}), (extra, remainder, commands)
     assert pooled.stats(proxied)["connects"] == 1
 
 
-def test_auto_resets_once_after_a_dirty_request(
+def test_auto_resets_after_every_request(
     make_pooled: Callable[..., Pooled], proxy: Proxy, proxied: str, server: Server
 ) -> None:
-    """Under auto a request that left state pays for one reset; the clean one after it, none."""
+    """Under auto every request is followed by one reset, whatever its statements were."""
     pooled = make_pooled(aliases=[proxied], pool_size=1, max_overflow=0)
     pooled.json("/read/", alias=proxied)
     proxy.commands.clear()
     pooled.json("/leave-state/", alias=proxied, kind="user_variable")
-    # Its two statements, then the reset and the two statements that restore the session.
-    assert dict(proxy.commands) == {"query": 2 + 2, "reset": 1}
+    pooled.json("/read/", alias=proxied)
+    # The first read's reset (and its SET) riding on the request's first statement; the
+    # request's two statements; at its checkin, as it visibly left state, the reset, the SET
+    # and the database of the connect, whose replies the next checkout reads; the read.
+    assert dict(proxy.commands) == {"query": 1 + 2 + 1 + 1, "reset": 2, "init_db": 1}
     proxy.commands.clear()
     pooled.json("/read/", alias=proxied)
-    assert dict(proxy.commands) == {"query": 1}
+    # The read's reset rides on this one's query.
+    assert dict(proxy.commands) == {"query": 1 + 1, "reset": 1}
 
 
 @pytest.mark.parametrize("kind", ["time_zone", "sql_mode"])
