@@ -44,13 +44,13 @@ _generations = itertools.count()
 # Backoff after evidence that the server is out of reach: the first step, and the
 # ceilings of the steps by what the evidence was. Where nothing listens at the
 # server's address, a probe costs one refused TCP connect (Connector.reachable), so
-# it is probed every 10 ms at first and service resumes as soon as the server
+# it is probed every 5 ms at first and service resumes as soon as the server
 # listens; other probes cost a full connect (a TLS context, a login): where nothing
 # answers (unreachable, timed out), where a listener drops connections at the door
 # (a proxy without a backend), and least often where the server turns them away
 # (too many connections), which probes would only load further.
-BACKOFF_FIRST = 0.01
-BACKOFF_CEILING = {"down": 0.01, "unreachable": 0.08, "lost": 0.25, "refused": 1.0}
+BACKOFF_FIRST = 0.005
+BACKOFF_CEILING = {"down": 0.005, "unreachable": 0.08, "lost": 0.25, "refused": 1.0}
 BACKOFF_MAX = 1.0
 
 # What a connect failure says (Connector.classify): "unreachable", "refused" and a

@@ -163,10 +163,15 @@ def test_a_connect_killed_during_setup_costs_no_request(
     for side, app in (("pooled", pooled.app), ("stock", validator(django_app))):
         if side == "pooled":
             request(app, "/read/", f"alias={alias}")  # one connection open and idle
+        # The init_command also runs after each reset: the KILL is for a new connection.
+        before = server.connection_ids()
         holder = gevent.spawn(request, app, "/hold/", f"alias={alias}&seconds=0.5")
         queued = [gevent.spawn(request, app, "/read/", f"alias={alias}") for _ in range(10)]
         [setting_up] = wait_for(
-            lambda: running_queries(server, "DO SLEEP%")[:1], what="a connect in its setup"
+            lambda before=before: [
+                i for i in running_queries(server, "DO SLEEP%") if i not in before
+            ][:1],
+            what="a new connection in its setup",
         )
         server.rows(f"KILL {setting_up}")
         gevent.joinall([holder, *queued], timeout=10.0, raise_error=True)
@@ -229,9 +234,9 @@ def test_server_down_three_seconds(
     assert ours["failed_after_0.25s"] == 0
     assert ours["longest_in_outage"] < STALL_BOUND
     assert ours["pool_connects_first_second"] <= CAP
-    assert ours["failed_after_return"] <= report["stock"]["failed_after_return"]
-    # Failing no longer than stock Django (its window ends with its first connects).
-    assert ours["last_failure"] <= max(report["stock"]["last_failure"], 0.0) + 0.05
+    # Failing no longer than stock Django, but for one probe step at most (5 ms, and a
+    # scheduling round): stock's window ends with its first requests' own connects.
+    assert ours["last_failure"] <= max(report["stock"]["last_failure"], 0.0) + 0.02
     stats = both.pooled.stats("private")
     assert (stats["in_use"], stats["waiting"], stats["backed_off"]) == (0, 0, False)
     assert private.wait_count(stats["open"]) == stats["open"] <= CAP
