@@ -1,0 +1,177 @@
+"""Render bench/FAULTS.md from the raw results faults.py saved.
+
+bench/.venv/bin/python bench/faults_report.py [bench/out/faults.json] [--dir bench]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from _common import LABELS  # noqa: E402
+
+HOW_TO_READ = """\
+How to read: every row is one fresh gunicorn worker (`-k gevent -w 1`) under the same
+schedule, one run each, against a private mariadbd of this run (never the shared server).
+Clients send `GET /pk/<random id>` on a fixed beat (one request every 50 ms each, over
+keep-alive HTTP), so a side that fails fast does not get more requests to fail. A request
+fails when its status is not 200, or when it gets no answer (a connection error, or no
+answer within the client's 10 s). Every pool is capped at 20 connections and waits at most
+30 s for one. Fewer failed requests per KILL and fewer failures after the server is back
+are better; a short time to the first success after the restart is better; fewer connects
+under the swinging load mean less churn for the server. The runs share 2 cores with the load
+generator, MariaDB and other engineers' work (the load average is given per row): compare
+the rows with each other, not with another machine. "first success" is the first 200 that
+ended after the server accepted logins again, timed from that moment (polled every 10 ms);
+"connects in its first second" is the server's `Connections` counter 1 s after it came back,
+less the driver's own connects."""
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.2f}" if value < 10 else f"{value:.0f}"
+    return str(value)
+
+
+def _app_errors(run: dict[str, Any], top: int = 2) -> str:
+    errors = sorted((run.get("app_errors") or {}).items(), key=lambda item: -item[1])
+    shown = [f"{name.rsplit('.', 1)[-1]} x{count}" for name, count in errors[:top]]
+    return ", ".join(shown) or "-"
+
+
+def _notes(run: dict[str, Any]) -> str:
+    notes = []
+    if run.get("error"):
+        notes.append(f"could not run: {run['error']}")
+    if run.get("worker_restarted"):
+        notes.append("the worker died and gunicorn restarted it")
+    if run.get("server_alive") is False:
+        notes.append("gunicorn had exited")
+    if run.get("leftovers_killed"):
+        notes.append(f"{run['leftovers_killed']} connections of the previous run killed first")
+    return "; ".join(notes)
+
+
+def _table(runs: list[dict[str, Any]], columns: list[tuple[str, Callable[[Any], Any]]]) -> str:
+    header = ["configuration", *(title for title, _ in columns), "load 1m", "notes"]
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    for run in runs:
+        label = LABELS.get(run["config"], run["config"])
+        if run.get("error") and "requests" not in run:
+            cells = ["-"] * len(columns)
+        else:
+            cells = [_cell(get(run)) for _, get in columns]
+        lines.append(
+            "| " + " | ".join([label, *cells, _cell(run["loadavg_1m"]), _notes(run)]) + " |"
+        )
+    return "\n".join(lines)
+
+
+def _ms(value: float | None) -> str | None:
+    return None if value is None else f"{value:.0f} ms"
+
+
+KILLS = [
+    ("KILLs", lambda r: r.get("kills")),
+    ("requests", lambda r: r.get("requests")),
+    ("failed", lambda r: r.get("failed")),
+    ("failed per KILL", lambda r: r.get("failed_per_kill")),
+    ("503s", lambda r: r.get("status_503")),
+    ("no answer", lambda r: r.get("no_answer")),
+    ("errors in the app", _app_errors),
+]
+RESTART = [
+    ("requests", lambda r: r.get("requests")),
+    ("failed", lambda r: r.get("failed")),
+    ("503s", lambda r: r.get("status_503")),
+    ("no answer", lambda r: r.get("no_answer")),
+    ("first success after back", lambda r: _ms(r.get("first_success_ms"))),
+    ("failed, started > 0.25 s after back", lambda r: r.get("failed_after_back")),
+    ("connects in its first second", lambda r: r.get("connects_first_second")),
+    ("errors in the app", _app_errors),
+]
+SWING = [
+    ("requests", lambda r: r.get("requests")),
+    ("failed", lambda r: r.get("failed")),
+    ("connects in 60 s", lambda r: r.get("connects")),
+    ("connects after the first 10 s", lambda r: r.get("connects_after_first_cycle")),
+    ("peak server connections", lambda r: r.get("peak_connections")),
+    ("errors in the app", _app_errors),
+]
+SECTIONS = {
+    "kills": (
+        "KILL one connection a second",
+        "{kill_clients} clients for {kill_seconds} s; from the first second on, once a second,"
+        " `KILL` of one random connection of the app's user (from PROCESSLIST), idle or busy.",
+        KILLS,
+    ),
+    "restart": (
+        "Server restart",
+        "{restart_clients} clients; after {restart_lead_s:.0f} s of load the server gets SIGTERM,"
+        " is started again {restart_down_s:.0f} s after that, and the load goes on"
+        " {restart_after_s:.0f} s more.",
+        RESTART,
+    ),
+    "swing": (
+        "Swinging load",
+        "{swing_seconds:.0f} s alternating {swing_high} clients for {swing_phase_s:.0f} s and"
+        " {swing_low} clients for {swing_phase_s:.0f} s (the clients that leave close their HTTP"
+        " connections); connects are the server's `Connections` counter, PROCESSLIST is sampled"
+        " every 100 ms.",
+        SWING,
+    ),
+}
+
+
+def render(results: dict[str, Any]) -> str:
+    env = results.get("environment", {})
+    plan = results["plan"]
+    packages = ", ".join(f"{k} {v}" for k, v in env.get("packages", {}).items())
+    lines = [
+        "# Faults: stock Django, the peer pools and wsgi_db_pool side by side",
+        "",
+        "Measured by `make bench-faults` (bench/faults.py) on commit"
+        f" {env.get('commit', '?')}, {env.get('date', '?')}: {env.get('nproc', '?')} cores,"
+        f" load average {env.get('loadavg_start', '?')} at the start and"
+        f" {results.get('loadavg_end', '?')} at the end, {results.get('elapsed_s', 0):.0f} s"
+        f" in all. MariaDB {env.get('mariadb', '?')} (private, max_connections"
+        f" {results.get('private_max_connections', '?')}), Python {env.get('python', '?')},"
+        f" {packages}.",
+        "",
+        HOW_TO_READ,
+    ]
+    for note in plan.get("notes", []):
+        lines += ["", f"Note: {note}."]
+    for scenario in plan["scenarios"]:
+        title, text, columns = SECTIONS[scenario]
+        runs = [run for run in results["runs"] if run["scenario"] == scenario]
+        lines += ["", f"## {title}", "", text.format(**plan), "", _table(runs, columns)]
+    return "\n".join(lines) + "\n"
+
+
+def write(results: dict[str, Any], directory: Path) -> Path:
+    path = directory / "FAULTS.md"
+    path.write_text(render(results))
+    return path
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("results", nargs="?", type=Path, default=HERE / "out" / "faults.json")
+    parser.add_argument("--dir", type=Path, default=HERE)
+    args = parser.parse_args()
+    print(write(json.loads(args.results.read_text()), args.dir))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
