@@ -410,6 +410,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--smoke", action="store_true", help="seconds: ours and stock60, kills")
     parser.add_argument("--configs", help="comma-separated subset of " + ",".join(FAULT_CONFIGS))
+    parser.add_argument("--scenarios", help="comma-separated subset of " + ",".join(SCENARIOS))
     parser.add_argument("--out", type=Path, default=HERE / "out", help="faults.json and logs")
     parser.add_argument("--report-dir", type=Path, help="where FAULTS.md goes")
     args = parser.parse_args(argv)
@@ -420,6 +421,12 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             parser.error(f"--configs: unknown {unknown}; known: {', '.join(FAULT_CONFIGS)}")
         plan.configs = tuple(c for c in FAULT_CONFIGS if c in wanted)
+    if args.scenarios:
+        wanted = args.scenarios.split(",")
+        unknown = sorted(set(wanted) - set(SCENARIOS))
+        if unknown:
+            parser.error(f"--scenarios: unknown {unknown}; known: {', '.join(SCENARIOS)}")
+        plan.scenarios = tuple(s for s in SCENARIOS if s in wanted)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     report_dir = args.report_dir or (out if args.smoke else HERE)
