@@ -72,6 +72,7 @@ class Plan:
     name: str
     configs: tuple[str, ...]
     scenarios: tuple[str, ...]
+    every_s: float = 0.05  # each client's beat
     kill_clients: int = 50
     kill_seconds: int = 20
     restart_clients: int = 50
@@ -240,8 +241,10 @@ def scenario_restart(private: Private, load: Load, plan: Plan) -> dict[str, Any]
     }
 
 
-def _sample_peak(private: Private, samples: list[int], running: list[bool]) -> None:
-    with contextlib.closing(private.root()) as conn:
+def _sample_peak(
+    conn: pymysql.connections.Connection, samples: list[int], running: list[bool]
+) -> None:
+    with contextlib.closing(conn):
         while running[0]:
             samples.append(len(app_connection_ids(conn)))
             gevent.sleep(SAMPLE_EVERY_S)
@@ -250,7 +253,8 @@ def _sample_peak(private: Private, samples: list[int], running: list[bool]) -> N
 def scenario_swing(private: Private, load: Load, plan: Plan) -> dict[str, Any]:
     samples: list[int] = []
     running = [True]
-    sampler = gevent.spawn(_sample_peak, private, samples, running)
+    # Both of the driver's connections open before the first reading of the counter.
+    sampler = gevent.spawn(_sample_peak, private.root(), samples, running)
     with contextlib.closing(private.root()) as counter:
         # One connection read at every phase boundary: the counter counts only the app.
         connects = [status(counter, "Connections")]
@@ -323,7 +327,7 @@ def run_one(private: Private, config: str, scenario: str, plan: Plan, out: Path)
         app.stop()
         return record
     worker = app.worker_pid()
-    load = Load(app.port, "/pk/", ITEMS)
+    load = Load(app.port, "/pk/", ITEMS, every=plan.every_s)
     try:
         record.update(SCENARIOS[scenario](private, load, plan))
     except Exception as exc:  # a scenario that breaks is reported, not fatal to the rest

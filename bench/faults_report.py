@@ -21,7 +21,10 @@ HOW_TO_READ = """\
 How to read: every row is one fresh gunicorn worker (`-k gevent -w 1`) under the same
 schedule, one run each, against a private mariadbd of this run (never the shared server).
 Clients send `GET /pk/<random id>` on a fixed beat (one request every 50 ms each, over
-keep-alive HTTP), so a side that fails fast does not get more requests to fail. A request
+keep-alive HTTP), so a side that fails fast does not get more requests to fail. A client
+whose answer comes late sends its next request at once, not twice: at 50 clients (1,000
+requests a second offered) the 2 cores are about saturated, and at 100 clients they are
+beyond it, so "requests" below what was offered measures how fast a side served. A request
 fails when its status is not 200, or when it gets no answer (a connection error, or no
 answer within the client's 10 s). Every pool is capped at 20 connections and waits at most
 30 s for one. Fewer failed requests per KILL and fewer failures after the server is back
@@ -110,15 +113,16 @@ SWING = [
 SECTIONS = {
     "kills": (
         "KILL one connection a second",
-        "{kill_clients} clients for {kill_seconds} s; from the first second on, once a second,"
-        " `KILL` of one random connection of the app's user (from PROCESSLIST), idle or busy.",
+        "{kill_clients} clients for {kill_seconds} s ({kill_offered} requests offered); from"
+        " the first second on, once a second, `KILL` of one random connection of the app's"
+        " user (from PROCESSLIST), idle or busy.",
         KILLS,
     ),
     "restart": (
         "Server restart",
         "{restart_clients} clients; after {restart_lead_s:.0f} s of load the server gets SIGTERM,"
         " is started again {restart_down_s:.0f} s after that, and the load goes on"
-        " {restart_after_s:.0f} s more.",
+        " {restart_after_s:.0f} s more ({restart_offered} requests offered).",
         RESTART,
     ),
     "swing": (
@@ -126,10 +130,23 @@ SECTIONS = {
         "{swing_seconds:.0f} s alternating {swing_high} clients for {swing_phase_s:.0f} s and"
         " {swing_low} clients for {swing_phase_s:.0f} s (the clients that leave close their HTTP"
         " connections); connects are the server's `Connections` counter, PROCESSLIST is sampled"
-        " every 100 ms.",
+        " every 100 ms ({swing_offered} requests offered).",
         SWING,
     ),
 }
+
+
+def _offered(plan: dict[str, Any]) -> dict[str, str]:
+    """Requests the beat offers in each scenario, had every answer come at once."""
+    rate = 1 / plan.get("every_s", 0.05)
+    restart_s = plan["restart_lead_s"] + plan["restart_down_s"] + plan["restart_after_s"]
+    swing_mean = (plan["swing_high"] + plan["swing_low"]) / 2
+    counts = {
+        "kill_offered": plan["kill_clients"] * plan["kill_seconds"] * rate,
+        "restart_offered": plan["restart_clients"] * restart_s * rate,
+        "swing_offered": swing_mean * plan["swing_seconds"] * rate,
+    }
+    return {key: f"{round(value):,}" for key, value in counts.items()}
 
 
 def render(results: dict[str, Any]) -> str:
@@ -154,7 +171,8 @@ def render(results: dict[str, Any]) -> str:
     for scenario in plan["scenarios"]:
         title, text, columns = SECTIONS[scenario]
         runs = [run for run in results["runs"] if run["scenario"] == scenario]
-        lines += ["", f"## {title}", "", text.format(**plan), "", _table(runs, columns)]
+        text = text.format(**plan, **_offered(plan))
+        lines += ["", f"## {title}", "", text, "", _table(runs, columns)]
     return "\n".join(lines) + "\n"
 
 
