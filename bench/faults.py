@@ -230,6 +230,7 @@ def scenario_restart(private: Private, load: Load, plan: Plan) -> dict[str, Any]
     back = [(start, end, code) for start, end, code in load.done if end >= up_at]
     successes = [end for _, end, code in back if code == 200]
     late = [code for start, _, code in load.done if start > up_at + SETTLE_S and code != 200]
+    failed_starts = [start for start, _, code in load.done if code != 200]
     return {
         "t0": t0,
         "down_at_s": round(down_at - t0, 3),
@@ -237,6 +238,10 @@ def scenario_restart(private: Private, load: Load, plan: Plan) -> dict[str, Any]
         "up_at_s": round(up_at - t0, 3),
         "first_success_ms": round((min(successes) - up_at) * 1000, 1) if successes else None,
         "failed_after_back": len(late),
+        # How long after the server was back users still saw failures (negative: none).
+        "last_failure_after_back_ms": (
+            round((max(failed_starts) - up_at) * 1000, 1) if failed_starts else None
+        ),
         "connects_first_second": first_second,
     }
 

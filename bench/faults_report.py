@@ -33,8 +33,13 @@ under the swinging load mean less churn for the server. The runs share 2 cores w
 generator, MariaDB and other engineers' work (the load average is given per row): compare
 the rows with each other, not with another machine. "first success" is the first 200 that
 ended after the server accepted logins again, timed from that moment (polled every 10 ms);
-"connects in its first second" is the server's `Connections` counter 1 s after it came back,
-less the driver's own connects."""
+"last failure started, after back" is when the last failed request started, from the same
+moment; "connects in its first second" is the server's `Connections` counter 1 s after it
+came back, less the driver's own connects. While the server is down every side fails what
+it gets, and how many requests that is depends on how fast it answers them (a 503 at once
+lets the beat send the next request sooner than a 500 page rendered after a refused
+connect, or a pool that makes the request wait): compare the restart rows on what happens
+after the server is back, not on the total."""
 
 
 def _cell(value: Any) -> str:
@@ -98,6 +103,7 @@ RESTART = [
     ("503s", lambda r: r.get("status_503")),
     ("no answer", lambda r: r.get("no_answer")),
     ("first success after back", lambda r: _ms(r.get("first_success_ms"))),
+    ("last failure started, after back", lambda r: _ms(r.get("last_failure_after_back_ms"))),
     ("failed, started > 0.25 s after back", lambda r: r.get("failed_after_back")),
     ("connects in its first second", lambda r: r.get("connects_first_second")),
     ("errors in the app", _app_errors),
