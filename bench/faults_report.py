@@ -17,29 +17,31 @@ sys.path.insert(0, str(HERE))
 
 from _common import LABELS  # noqa: E402
 
+Column = tuple[str, Callable[[Any], Any]]
+
 HOW_TO_READ = """\
-How to read: every row is one fresh gunicorn worker (`-k gevent -w 1`) under the same
-schedule, one run each, against a private mariadbd of this run (never the shared server).
-Clients send `GET /pk/<random id>` on a fixed beat (one request every 50 ms each, over
-keep-alive HTTP), so a side that fails fast does not get more requests to fail. A client
-whose answer comes late sends its next request at once, not twice: at 50 clients (1,000
-requests a second offered) the 2 cores are about saturated, and at 100 clients they are
-beyond it, so "requests" below what was offered measures how fast a side served. A request
-fails when its status is not 200, or when it gets no answer (a connection error, or no
-answer within the client's 10 s). Every pool is capped at 20 connections and waits at most
-30 s for one. Fewer failed requests per KILL and fewer failures after the server is back
-are better; a short time to the first success after the restart is better; fewer connects
-under the swinging load mean less churn for the server. The runs share 2 cores with the load
-generator, MariaDB and other engineers' work (the load average is given per row): compare
-the rows with each other, not with another machine. "first success" is the first 200 that
-ended after the server accepted logins again, timed from that moment (polled every 10 ms);
-"last failure started, after back" is when the last failed request started, from the same
-moment; "connects in its first second" is the server's `Connections` counter 1 s after it
-came back, less the driver's own connects. While the server is down every side fails what
-it gets, and how many requests that is depends on how fast it answers them (a 503 at once
-lets the beat send the next request sooner than a 500 page rendered after a refused
-connect, or a pool that makes the request wait): compare the restart rows on what happens
-after the server is back, not on the total."""
+How to read: each run is a fresh gunicorn worker (`-k gevent -w 1`) against a private
+mariadbd of this run, every pool capped at 20 connections with a 30 s wait. Clients send
+`GET /pk/<random id>` every 50 ms each over keep-alive HTTP, whatever the answers, so a
+side that fails fast gets no extra requests to fail; a late answer delays only that
+client's next request, so "requests" below the number offered means the side served
+slower (50 clients about saturate the 2 cores, 100 exceed them). A request fails on any
+status but 200, or with no answer (connection error, or nothing within 10 s). Cells give
+each round's value in order ("round 1 / round 2"); single runs of a fault vary, so trust a
+difference only when every round shows it. The cores are shared with the load generator,
+MariaDB and other engineers' work (load average per row): compare rows with each other.
+
+- *failed per KILL*: failed requests / KILLs that hit a connection; 1.00 means every KILL
+  cost a request.
+- *first success after back*: the first 200 that ended after the server accepted logins
+  again (polled every 10 ms), from that moment; *last failure started, after back*: when
+  the last failed request started, from the same moment (negative: all failed before).
+- *connects in its first second*: the server's `Connections` 1 s after it came back, less
+  the driver's own. While the server is down every side fails what it gets, and how
+  many that is depends on how fast it answers (a 503 at once lets the beat send sooner than
+  a 500 page after a refused connect): compare restarts on what happens after the return.
+- *connects*: the server's `Connections` over the swing; after the first 10 s a pool that
+  keeps its connections should open none."""
 
 
 def _cell(value: Any) -> str:
@@ -69,18 +71,35 @@ def _notes(run: dict[str, Any]) -> str:
     return "; ".join(notes)
 
 
-def _table(runs: list[dict[str, Any]], columns: list[tuple[str, Callable[[Any], Any]]]) -> str:
+def _by_config(runs: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """The rounds of each configuration, configurations in the order they ran."""
+    grouped: dict[str, list[dict[str, Any]]] = {}
+    for run in runs:
+        grouped.setdefault(run["config"], []).append(run)
+    return grouped
+
+
+def _row(label: str, rounds: list[dict[str, Any]], columns: list[Column]) -> str:
+    """One configuration: each cell the rounds' values in order, "a / b"."""
+    cells = [" / ".join(_value(run, get) for run in rounds) for _, get in columns]
+    load = " / ".join(_cell(run["loadavg_1m"]) for run in rounds)
+    notes = "; ".join(
+        f"round {run.get('round', 1)}: {_notes(run)}" for run in rounds if _notes(run)
+    )
+    return "| " + " | ".join([label, *cells, load, notes]) + " |"
+
+
+def _value(run: dict[str, Any], get: Callable[[Any], Any]) -> str:
+    if run.get("error") and "requests" not in run:
+        return "-"  # it never ran: the notes say why
+    return _cell(get(run))
+
+
+def _table(runs: list[dict[str, Any]], columns: list[Column]) -> str:
     header = ["configuration", *(title for title, _ in columns), "load 1m", "notes"]
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-    for run in runs:
-        label = LABELS.get(run["config"], run["config"])
-        if run.get("error") and "requests" not in run:
-            cells = ["-"] * len(columns)
-        else:
-            cells = [_cell(get(run)) for _, get in columns]
-        lines.append(
-            "| " + " | ".join([label, *cells, _cell(run["loadavg_1m"]), _notes(run)]) + " |"
-        )
+    for config, rounds in _by_config(runs).items():
+        lines.append(_row(LABELS.get(config, config), rounds, columns))
     return "\n".join(lines)
 
 
@@ -106,6 +125,7 @@ RESTART = [
     ("last failure started, after back", lambda r: _ms(r.get("last_failure_after_back_ms"))),
     ("failed, started > 0.25 s after back", lambda r: r.get("failed_after_back")),
     ("connects in its first second", lambda r: r.get("connects_first_second")),
+    ("peak server connections, last 2 s", lambda r: r.get("peak_connections_last_2s")),
     ("errors in the app", _app_errors),
 ]
 SWING = [
