@@ -75,11 +75,13 @@ def test_fairness_script_runs(tmp_path: Path) -> None:
 def test_fault_scenario_runs(tmp_path: Path) -> None:
     """A short KILL scenario on a private server runs for ours and stock Django and reports."""
     driver = [_python(), "-m", "gevent.monkey", str(HERE / "faults.py")]
-    subprocess.run(
+    done = subprocess.run(
         [*driver, "--smoke", "--out", str(tmp_path)],
-        check=True,
+        capture_output=True,
+        text=True,
         timeout=180,
     )
+    assert done.returncode == 0, done.stdout + done.stderr
     results = json.loads((tmp_path / "faults.json").read_text())
     runs = {run["config"]: run for run in results["runs"]}
     assert set(runs) == {"ours", "stock60"}
