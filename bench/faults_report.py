@@ -66,6 +66,8 @@ def _notes(run: dict[str, Any]) -> str:
         notes.append("the worker died and gunicorn restarted it")
     if run.get("server_alive") is False:
         notes.append("gunicorn had exited")
+    if run["scenario"] == "restart" and "requests" in run and run.get("first_success_ms") is None:
+        notes.append("no request succeeded after the server was back")
     if run.get("leftovers_killed"):
         notes.append(f"{run['leftovers_killed']} connections of the previous run killed first")
     return "; ".join(notes)
