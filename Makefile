@@ -71,7 +71,7 @@ bench:
 bench-quick:
 	bash bench/run.sh --quick
 
-# Kills, a restart and a swinging load against a private mariadbd (about 10 minutes);
+# Kills, a restart and a swinging load against a private mariadbd (two rounds, ~16 min);
 # writes bench/FAULTS.md. Never touches the shared server.
 bench-faults:
 	bash bench/setup.sh
