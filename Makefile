@@ -8,7 +8,7 @@ VENV42 ?= .venv-django42
 VENVPY ?= .venv-pymysql-oldest
 BIN := $(VENV)/bin
 
-.PHONY: test test-main test-django42 test-django6 test-pymysql-oldest demo lint nox bench bench-quick bench-smoke clean
+.PHONY: test test-main test-django42 test-django6 test-pymysql-oldest demo lint nox bench bench-quick bench-faults bench-smoke clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -71,6 +71,12 @@ bench:
 
 bench-quick:
 	bash bench/run.sh --quick
+
+# Kills, a restart and a swinging load against a private mariadbd (two rounds, ~16 min);
+# writes bench/FAULTS.md. Never touches the shared server.
+bench-faults:
+	bash bench/setup.sh
+	bench/.venv/bin/python -m gevent.monkey bench/faults.py
 
 # A few seconds of one configuration, so that the benchmark does not rot.
 bench-smoke:

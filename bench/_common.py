@@ -29,13 +29,13 @@ if DB_HOST not in ("127.0.0.1", "localhost", "::1"):
     raise SystemExit(f"the bench talks to a loopback MariaDB only, not {DB_HOST!r}")
 
 
-def connect_app_user(**kw: object):  # type: ignore[no-untyped-def]
-    """A PyMySQL connection as the bench user, outside Django."""
+def connect_app_user(port: int | None = None, **kw: object):  # type: ignore[no-untyped-def]
+    """A PyMySQL connection as the bench user, outside Django (``port``: not BENCH_DB_PORT)."""
     import pymysql
 
     options: dict[str, object] = {
         "host": DB_HOST,
-        "port": DB_PORT,
+        "port": port or DB_PORT,
         "user": DB_USER,
         "password": DB_USER,
         "database": DB_NAME,
@@ -47,13 +47,13 @@ def connect_app_user(**kw: object):  # type: ignore[no-untyped-def]
     return pymysql.connect(**options)
 
 
-def connect_root():  # type: ignore[no-untyped-def]
+def connect_root(port: int | None = None):  # type: ignore[no-untyped-def]
     """A root connection (empty password) for the server's view of things."""
     import pymysql
 
     return pymysql.connect(
         host=DB_HOST,
-        port=DB_PORT,
+        port=port or DB_PORT,
         user="root",
         password="",
         ssl_disabled=True,
@@ -63,9 +63,9 @@ def connect_root():  # type: ignore[no-untyped-def]
     )
 
 
-def create_table() -> None:
+def create_table(port: int | None = None) -> None:
     """Create and fill bench_item if missing (the driver does it, never the server)."""
-    conn = connect_app_user()
+    conn = connect_app_user(port)
     try:
         with conn.cursor() as cursor:
             cursor.execute(

@@ -69,3 +69,27 @@ def test_fairness_script_runs(tmp_path: Path) -> None:
     )
     result = json.loads(out.read_text())
     assert result["pools"]["wsgi_db_pool Pool"]["per_greenlet"]["min"] >= 1
+
+
+@pytest.mark.slow
+def test_fault_scenario_runs(tmp_path: Path) -> None:
+    """A short KILL scenario on a private server runs for ours and stock Django and reports."""
+    driver = [_python(), "-m", "gevent.monkey", str(HERE / "faults.py")]
+    done = subprocess.run(
+        [*driver, "--smoke", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    results = json.loads((tmp_path / "faults.json").read_text())
+    runs = {run["config"]: run for run in results["runs"]}
+    assert set(runs) == {"ours", "stock60"}
+    for run in runs.values():
+        assert "error" not in run, run["error"]
+        assert run["ok"] > 0
+        assert run["kills"] >= 1
+        assert run["server_alive"]
+    # The pool never answers a KILL with a queue of 503s.
+    assert runs["ours"]["status_503"] == 0
+    assert "| wsgi_db_pool |" in (tmp_path / "FAULTS.md").read_text()
