@@ -1,8 +1,8 @@
 """PoolingMiddleware: lend each request pooled Django connections, take them back on close().
 
 Use it to wrap Django's WSGI application under a gevent (or threaded) WSGI server
-talking to MySQL/MariaDB. Do not use it for ASGI: Django's async views keep
-connections per task, not per greenlet.
+talking to MySQL/MariaDB or PostgreSQL. Do not use it for ASGI: Django's async views
+keep connections per task, not per greenlet.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ class PoolingMiddleware:
     with ``Retry-After: retry_after``.
 
     Keyword arguments:
-        aliases: the ``DATABASES`` aliases to pool; default: every MySQL alias.
+        aliases: the ``DATABASES`` aliases to pool; default: every MySQL and PostgreSQL alias.
         pool_size: idle connections kept open per alias for reuse.
         max_overflow: connections beyond ``pool_size`` opened in bursts.
         timeout: seconds a checkout may take in all (waiting, connecting, pinging).
@@ -75,9 +75,12 @@ class PoolingMiddleware:
         retry_after: seconds sent in the 503's ``Retry-After`` header.
         max_waiting: the most checkouts waiting per alias; one more is answered 503 at
             once (None: no limit).
-        reset_session: when to reset a connection's session (user variables, session
-            variables, temporary tables, named locks) on checkin: "auto" when the
-            request's statements may have left such state, "always", or "never".
+        reset_session: how a connection's session (user and session variables,
+            temporary tables, named locks, prepared statements, the role) is cleared
+            after each request, whatever SQL or routine set it: "auto" after every
+            request, as cheaply as the driver allows (with PyMySQL the reset rides on
+            the next request's first command); "always", completed before the
+            connection goes back; "never", trusting the application.
         min_size: connections per alias opened in the background when the process
             serves its first request, one at a time, and kept open despite ``max_idle``.
         warn_hold: seconds after which a connection still (or was) held by one
