@@ -56,9 +56,10 @@ class PoolingMiddleware:
     A request checks out a connection the first time it uses a pooled alias and
     gives it back when the server calls ``close()`` on the response: rolled back if
     a transaction is open, then recycled, or discarded when broken or too old. At
-    most ``pool_size + max_overflow`` connections per alias are open in a process;
-    a request that cannot get one within ``timeout`` seconds is answered ``503``
-    with ``Retry-After: retry_after``.
+    most ``pool_size + max_overflow`` connections per alias are open in a process
+    (one more per other pooled alias, for requests that hold those while they wait:
+    so that pools never wait on each other); a request that cannot get one within
+    ``timeout`` seconds is answered ``503`` with ``Retry-After: retry_after``.
 
     Keyword arguments:
         aliases: the ``DATABASES`` aliases to pool; default: every MySQL and PostgreSQL alias.
