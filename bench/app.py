@@ -257,5 +257,10 @@ elif CONFIG == "ours":
         _pool.deque = _NewestFirst  # type: ignore[attr-defined,misc]
 
     application = PoolingMiddleware(
-        application, pool_size=POOL_SIZE, max_overflow=MAX_OVERFLOW, timeout=POOL_TIMEOUT
+        application,
+        pool_size=POOL_SIZE,
+        max_overflow=MAX_OVERFLOW,
+        timeout=POOL_TIMEOUT,
+        # A bench-only knob: what the session reset costs under load.
+        reset_session=os.environ.get("BENCH_RESET_SESSION", "auto"),
     )
