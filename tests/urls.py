@@ -53,3 +53,4 @@ urlpatterns += [
     path("run-sql/", views.run_sql),
     path("probe-session/", views.probe_session),
 ]  # tests/test_session_state.py
+urlpatterns += [path("echo/", views.echo)]  # tests/faults/test_isolation.py

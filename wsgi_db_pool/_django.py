@@ -244,8 +244,9 @@ class _Guard:
         try:
             return command(*args)
         except Exception as exc:
-            if self.dialect.is_gone(exc):
-                self.lost("broken")
+            raw = self.wrapper.connection
+            if self.dialect.is_gone(exc) or (raw is not None and not self.dialect.is_open(raw)):
+                self.lost("broken")  # also an error that left the socket dropped
             raise
         except BaseException:
             self.interrupted()
@@ -441,9 +442,17 @@ class AliasConnector:
 
     def _finish_reset(self, guard: _Guard, raw: Any) -> str | None:
         # Usually read from the socket buffer: the server answered while the previous
-        # request ended and this one began.
+        # request ended and this one began. Bounded all the same: a stalled network
+        # must not hold a checkout past the pool's timeout.
         try:
-            self.dialect.finish_reset(raw, guard.plan, guard.pending)
+            with _sync.deadline(self.timeout) as timer:
+                try:
+                    self.dialect.finish_reset(raw, guard.plan, guard.pending)
+                except BaseException as exc:
+                    if timer is not None and exc is timer:
+                        guard.interrupted()
+                        return "broken"
+                    raise
         except Exception as exc:
             return "broken" if self.dialect.is_gone(exc) else "reset_failed"
         except BaseException:

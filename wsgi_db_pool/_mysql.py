@@ -35,6 +35,7 @@ RESETS_EVERY_CHECKIN = True
 
 _IN_TRANS = 0x0001  # SERVER_STATUS_IN_TRANS
 _AUTOCOMMIT = 0x0002  # SERVER_STATUS_AUTOCOMMIT
+_NO_BACKSLASH_ESCAPES = 0x0200  # SERVER_STATUS_NO_BACKSLASH_ESCAPES: PyMySQL escapes by it
 
 
 def error_code(exc: BaseException | None) -> int | None:
@@ -257,10 +258,14 @@ def _command(command: int, payload: bytes = b"") -> bytes:
     return len(body).to_bytes(3, "little") + b"\x00" + body
 
 
-def session_setup(raw: Any, statements: list[str], autocommit: bool) -> list[str]:
+def session_setup(
+    raw: Any, statements: list[str], autocommit: bool, *, set_autocommit: bool = True
+) -> list[str]:
     """What a session needs after COM_RESET_CONNECTION: PyMySQL's own setup after login
     (the character set, sql_mode, init_command, as it ran them), ``statements``, and
-    autocommit off if so wanted (the reset turns it on)."""
+    autocommit as wanted. The reset takes autocommit from the server's global value and
+    an init_command may change it, so it is set last unless ``set_autocommit`` is False
+    (the caller knows the reset leaves it as wanted)."""
     collation = getattr(raw, "collation", None)
     setup = [f"SET NAMES {raw.charset}" + (f" COLLATE {collation}" if collation else "")]
     if getattr(raw, "sql_mode", None) is not None:
@@ -268,8 +273,8 @@ def session_setup(raw: Any, statements: list[str], autocommit: bool) -> list[str
     if getattr(raw, "init_command", None) is not None:
         setup.append(raw.init_command)
     setup.extend(statements)
-    if not autocommit:
-        setup.append("SET autocommit=0")
+    if set_autocommit:
+        setup.append(f"SET autocommit={int(autocommit)}")
     return setup
 
 
@@ -279,22 +284,29 @@ def plan_reset(raw: Any, statements: Callable[[], list[str]], autocommit: bool) 
     which ``reset_session`` then resets, waiting."""
     if not all(hasattr(raw, name) for name in _PYMYSQL_INTERNALS):
         return None
-    setup = session_setup(raw, statements(), autocommit)
+    role, global_autocommit = _role_setup(raw)
+    # One statement less where the reset leaves autocommit as wanted by itself.
+    leaves_it = autocommit and global_autocommit and getattr(raw, "init_command", None) is None
+    setup = session_setup(raw, statements(), autocommit, set_autocommit=not leaves_it)
     if _names_kept(raw, setup):
         # Every statement the reset's reply must wait for costs the next request a
         # turn of the server: skip the one that would change nothing.
         del setup[0]
-    role = _role_setup(raw)
     if role is not None:
         setup.append(role)
     encoding = raw.encoding
     batch = _command(_COM_RESET_CONNECTION) + b"".join(
         _command(_COM_QUERY, statement.encode(encoding)) for statement in setup
     )
-    simple = getattr(raw, "init_command", None) is None
+    # One OK packet a statement: no init_command (it may return rows), no statement that
+    # is several (a ';' in Django's setup where the server has sql_auto_is_null on).
+    simple = getattr(raw, "init_command", None) is None and not any(";" in s for s in setup)
     database = raw.db.encode(encoding) if isinstance(raw.db, str) else raw.db
     restore_db = _command(_COM_INIT_DB, database) if database else b""
-    status = _AUTOCOMMIT if autocommit else 0
+    # The bits the setup leaves, as the connect's own setup left them: the escaping
+    # PyMySQL does depends on NO_BACKSLASH_ESCAPES (an sql_mode), and an OK packet's
+    # bits are all it ever learns of it.
+    status = (raw.server_status & _NO_BACKSLASH_ESCAPES) | (_AUTOCOMMIT if autocommit else 0)
     return ResetPlan(batch, 1 + len(setup), status, simple, restore_db)
 
 
@@ -308,23 +320,30 @@ _NAMES_SQL = (
 )
 
 
-def _role_setup(raw: Any) -> str | None:
+def _role_setup(raw: Any) -> tuple[str | None, bool]:
     """The SET ROLE that puts back the role the session began with, where the user has any
-    role to take: COM_RESET_CONNECTION leaves a role a request set (MariaDB 10.11).
+    role to take (COM_RESET_CONNECTION leaves a role a request set, MariaDB 10.11), and
+    whether the server's global autocommit is on (the reset takes it from there).
 
     Asked per connection: a user granted no role cannot change it, but a grant made
-    while the pool runs reaches the connections opened after it.
+    while the pool runs reaches the connections opened after it. MySQL's roles differ
+    (a list, no APPLICABLE_ROLES before 8.0.19): not restored there.
     """
+    mariadb = "mariadb" in str(getattr(raw, "server_version", "")).lower()
     with raw.cursor() as cursor:
+        if not mariadb:
+            cursor.execute("SELECT @@GLOBAL.autocommit")
+            return None, bool(cursor.fetchone()[0])
         cursor.execute(
-            "SELECT CURRENT_ROLE(), EXISTS(SELECT 1 FROM information_schema.APPLICABLE_ROLES)"
+            "SELECT CURRENT_ROLE(), EXISTS(SELECT 1 FROM information_schema.APPLICABLE_ROLES),"
+            " @@GLOBAL.autocommit"
         )
-        current, applicable = cursor.fetchone()
+        current, applicable, global_autocommit = cursor.fetchone()
     if not applicable:
-        return None
+        return None, bool(global_autocommit)
     if current is None:
-        return "SET ROLE NONE"
-    return "SET ROLE `" + str(current).replace("`", "``") + "`"
+        return "SET ROLE NONE", bool(global_autocommit)
+    return "SET ROLE `" + str(current).replace("`", "``") + "`", bool(global_autocommit)
 
 
 def _names_kept(raw: Any, setup: list[str]) -> bool:
@@ -421,13 +440,24 @@ def defer_reset(raw: Any, plan: ResetPlan) -> None:
 
     def read_after_reset(*args: Any, **kwargs: Any) -> Any:
         del raw._read_packet
+        # The command's reply numbers its packets after the command's own (more than
+        # one for a command of 16 MiB or more).
+        seq_id = raw._next_seq_id
         try:
             finish_reset(raw, plan, plan.replies)
+        except Exception as exc:
+            # The server went on to run the command all the same (it was pipelined), and
+            # its reply is still on its way: the connection is out of step for good, and
+            # whether the command ran is unknown, as after a lost connection.
+            abort(raw)
+            errors = sys.modules[type(raw).__module__.rsplit(".", 1)[0] + ".err"]
+            raise errors.OperationalError(
+                2013, f"Lost connection: the session reset before this command failed ({exc})"
+            ) from exc
         except BaseException:
-            # The command's own reply is still on its way: out of sync for good.
             abort(raw)
             raise
-        raw._next_seq_id = 1
+        raw._next_seq_id = seq_id
         return read(*args, **kwargs)
 
     raw._write_bytes = write_after_reset

@@ -672,3 +672,10 @@ def _probe_postgresql(alias: str) -> dict[str, Any]:
         "prepared_statement": prepared,
         "role": role,
     }
+
+
+def echo(request: HttpRequest) -> HttpResponse:
+    """``SELECT %s`` of the ``value`` parameter: what the driver's escaping sent."""
+    with connections[_alias(request)].cursor() as cursor:
+        cursor.execute("SELECT %s", [request.GET["value"]])
+        return JsonResponse({"value": cursor.fetchone()[0]})

@@ -13,6 +13,7 @@ import pytest
 from tests.app.views import STATE_KINDS
 from tests.conftest import Pooled, Server
 from tests.faults.proxy import Proxy
+from tests.settings import DB_PORT
 
 pytestmark = pytest.mark.fault
 
@@ -116,3 +117,30 @@ def test_auto_sees_session_changes_behind_a_comment(
     after = pooled.json("/probe-state/")
     assert after["conn_id"] == fresh["conn_id"]
     assert after[kind] == fresh[kind]
+
+
+@pytest.mark.parametrize("then", ["read", "left-state"], ids=["deferred-reset", "reset-at-checkin"])
+def test_escaping_follows_no_backslash_escapes_after_a_reset(
+    make_pooled: Callable[..., Pooled], add_alias: Callable[..., str], then: str
+) -> None:
+    """sql_mode NO_BACKSLASH_ESCAPES: after a reset, parameters are still escaped for it."""
+    alias = add_alias("nbe", port=DB_PORT, sql_mode="NO_BACKSLASH_ESCAPES")
+    pooled = make_pooled(aliases=[alias], pool_size=1, max_overflow=0)
+    if then == "read":
+        pooled.json("/read/", alias=alias)
+    else:
+        pooled.json("/run-sql/", alias=alias, sql="SET @left = 1")
+    for value in ["O'Brien", "x\\' OR 1=1 -- ", "back\\slash"]:
+        assert pooled.json("/echo/", alias=alias, value=value)["value"] == value
+
+
+def test_an_init_command_turning_autocommit_off_loses_no_write(
+    make_pooled: Callable[..., Pooled], add_alias: Callable[..., str], server: Server
+) -> None:
+    """init_command SET autocommit=0, Django's AUTOCOMMIT on: a write after a reset commits."""
+    alias = add_alias("ac_off", port=DB_PORT, init_command="SET autocommit=0")
+    pooled = make_pooled(aliases=[alias], pool_size=1, max_overflow=0)
+    pooled.json("/read/", alias=alias)
+    pooled.json("/run-sql/", alias=alias, sql="INSERT INTO app_item (name) VALUES ('kept')")
+    pooled.json("/read/", alias=alias)  # the next checkout: the reset has run
+    assert server.committed_names() == ["kept"]
