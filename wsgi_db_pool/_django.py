@@ -245,7 +245,9 @@ class _Guard:
             return command(*args)
         except Exception as exc:
             raw = self.wrapper.connection
-            if self.dialect.is_gone(exc) or (raw is not None and not self.dialect.is_open(raw)):
+            if self.fault is None and (
+                self.dialect.is_gone(exc) or (raw is not None and not self.dialect.is_open(raw))
+            ):
                 self.lost("broken")  # also an error that left the socket dropped
             raise
         except BaseException:
