@@ -21,14 +21,10 @@ script, with the same statements, when they are missing).
 from __future__ import annotations
 
 import argparse
-import gc
-import itertools
 import json
 import os
 import statistics
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +38,7 @@ if not gevent.monkey.is_module_patched("socket"):
 
 os.environ["BENCH_CONFIG"] = "stock60"  # Django's own handler; the middlewares are ours
 import app  # noqa: E402
-from _common import DB_NAME, DB_USER, connect_root, create_table  # noqa: E402
+from _common import DB_NAME, DB_USER, connect_root, create_table, per_second  # noqa: E402
 from micro import request  # noqa: E402
 
 from wsgi_db_pool import PoolingMiddleware  # noqa: E402
@@ -64,19 +60,6 @@ def ensure_database() -> None:
                 cursor.execute(f"GRANT ALL PRIVILEGES ON {DB_NAME}.* TO '{DB_USER}'@'{host}'")
     finally:
         conn.close()
-
-
-def per_second(call: Callable[[], None], number: int) -> float:
-    """Requests per second over ``number`` calls, the cyclic GC off (as timeit does)."""
-    gc.collect()
-    gc.disable()
-    try:
-        start = time.perf_counter()
-        for _ in itertools.repeat(None, number):
-            call()
-        return number / (time.perf_counter() - start)
-    finally:
-        gc.enable()
 
 
 def measure(rounds: int, number: int) -> dict[str, Any]:

@@ -10,13 +10,11 @@ user postgres, trust), made and dropped by the script.
 from __future__ import annotations
 
 import argparse
-import gc
 import io
-import itertools
 import statistics
 import sys
-import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, ClassVar
 
 import gevent.monkey
@@ -59,6 +57,9 @@ from django.http import HttpRequest, HttpResponse  # noqa: E402
 from django.urls import path  # noqa: E402
 
 from wsgi_db_pool import PoolingMiddleware  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import per_second  # noqa: E402
 
 
 class Item(models.Model):
@@ -126,18 +127,6 @@ def request(wsgi: Any, url: str) -> Callable[[], None]:
             result.close()
 
     return call
-
-
-def per_second(call: Callable[[], None], number: int) -> float:
-    gc.collect()
-    gc.disable()
-    try:
-        start = time.perf_counter()
-        for _ in itertools.repeat(None, number):
-            call()
-        return number / (time.perf_counter() - start)
-    finally:
-        gc.enable()
 
 
 def main() -> int:
