@@ -7,11 +7,15 @@ application = PoolingMiddleware(get_wsgi_application(), pool_size=10, max_overfl
 
 from __future__ import annotations
 
+import importlib
 from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
 
-from ._scope import pooled
 from .errors import PoolClosed, PoolError, PoolOverloaded, PoolTimeout, PoolUnavailable
-from .middleware import PoolingMiddleware
+
+if TYPE_CHECKING:
+    from ._scope import pooled
+    from .middleware import PoolingMiddleware
 
 try:
     __version__ = version("wsgi_db_pool")
@@ -28,3 +32,20 @@ __all__ = [
     "__version__",
     "pooled",
 ]
+
+# Imported on first use (PEP 562), so that the pool core (wsgi_db_pool.pool, .config,
+# .errors) imports without Django: only these two bring Django in.
+_LAZY = {"PoolingMiddleware": ".middleware", "pooled": "._scope"}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value  # the next lookup finds it without this hook
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

@@ -100,3 +100,18 @@ class PoolConfig:
         if self.pre_ping is False:
             return None
         return float(self.pre_ping)
+
+    @property
+    def reap_interval(self) -> float:
+        """Seconds between the reaper's passes: idle connections close at most this late.
+
+        Half the shortest of ``max_idle``, ``overflow_max_idle``, ``max_age`` and
+        ``warn_hold`` (so a long hold is reported within half of ``warn_hold`` of
+        passing it), at most 30 s and at least 0.05 s.
+        """
+        limits = [
+            x
+            for x in (self.max_idle, self.overflow_max_idle, self.max_age, self.warn_hold)
+            if x is not None
+        ]
+        return max(min([30.0, *(x / 2 for x in limits)]), 0.05)

@@ -23,55 +23,46 @@ other, and a pool never holds more than ``cap + aliases - 1`` connections.
 
 from __future__ import annotations
 
+import enum
 import itertools
 import math
 import threading
 import time
-from bisect import bisect_left
-from collections import Counter, deque
+from collections import deque
+from collections.abc import Callable
 from random import random
-from typing import Any, Protocol
+from time import monotonic
+from typing import Any, Literal, Protocol, TypeAlias
 
 from . import _sync
+from ._backoff import BACKOFF_MAX, EVIDENCE, Backoff
+from ._reasons import Reason, Reject
+from ._stats import PoolStats
 from .config import PoolConfig
-from .errors import PoolClosed, PoolOverloaded, PoolTimeout, PoolUnavailable
+from .errors import PoolClosed, PoolError, PoolOverloaded, PoolTimeout, PoolUnavailable
 
-__all__ = ["Connector", "Pool", "PooledConnection"]
+# BACKOFF_MAX: the longest step between two probes (tests wait that long for recovery).
+__all__ = ["BACKOFF_MAX", "Connector", "Pool", "PooledConnection", "Reason"]
 
 # Each reset of a pool's state (at start and after a fork) is a new generation.
 _generations = itertools.count()
 
-# Backoff after evidence that the server is out of reach: the first step, and the
-# ceilings of the steps by what the evidence was. Where nothing listens at the
-# server's address, a probe costs one refused TCP connect (Connector.reachable), so
-# it is probed every 5 ms at first and service resumes as soon as the server
-# listens; other probes cost a full connect (a TLS context, a login): where nothing
-# answers (unreachable, timed out), where a listener drops connections at the door
-# (a proxy without a backend), and least often where the server turns them away
-# (too many connections), which probes would only load further.
-BACKOFF_FIRST = 0.005
-BACKOFF_CEILING = {"down": 0.005, "unreachable": 0.08, "lost": 0.25, "refused": 1.0}
-BACKOFF_MAX = 1.0
 
-# What a connect failure says (Connector.classify): "unreachable", "refused" and a
-# repeated "lost" are evidence that the server is out of reach; "lost" once may be a
-# KILL during the session's setup and is tried again at once; "error" (bad
-# credentials, unknown database) fails the caller and says nothing of the server.
-_EVIDENCE = frozenset({"unreachable", "refused", "lost"})
+class _Handoff(enum.Enum):
+    """What a checkout may get besides a connection."""
 
-# Upper bounds, in seconds, of the checkout wait histogram in stats().
-WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-
-# What a waiter may be handed besides a connection: a free slot to open one in,
-# the news that the pool closed, or that the pool has no connection left while the
-# server is out of reach.
-_SLOT: Any = object()
-_CLOSED: Any = object()
-_UNAVAILABLE: Any = object()
-# A checkout refused while nothing listens may take the probe's turn when it is due:
-# on a busy worker the prober's timer fires late (every greenlet that is ready runs
-# a whole request first), and a refused TCP connect costs the request nothing.
-_PROBE: Any = object()
+    #: A free slot, counted for the caller, to open a connection in.
+    SLOT = enum.auto()
+    #: A slot past the cap, for a request holding other aliases (logged, then a SLOT).
+    RESERVE = enum.auto()
+    #: The probe's turn while nothing listens: on a busy worker the prober's timer
+    #: fires late (every greenlet that is ready runs a whole request first), and a
+    #: refused TCP connect costs the request nothing.
+    PROBE = enum.auto()
+    #: The pool was closed while the caller waited.
+    CLOSED = enum.auto()
+    #: The server is out of reach and the pool has no connection left.
+    UNAVAILABLE = enum.auto()
 
 
 class Connector(Protocol):
@@ -133,53 +124,43 @@ class PooledConnection:
         self.generation = generation
 
 
+# What a waiter may be handed, under the pool's lock.
+_Handed: TypeAlias = (
+    PooledConnection | Literal[_Handoff.SLOT, _Handoff.CLOSED, _Handoff.UNAVAILABLE]
+)
+
+
 class _Waiter:
     __slots__ = ("holding", "item", "since", "wakeup")
 
     def __init__(self, since: float, holding: int = 0) -> None:
         # Set under the pool's lock before the wakeup: what the waiter got.
-        self.item: Any = None
+        self.item: _Handed | None = None
         self.since = since
         # Connections of other aliases its request holds (see the module docstring).
         self.holding = holding
         self.wakeup = _sync.make_wakeup()
 
 
-class _Backoff:
-    """When the pool may try to connect again, after evidence that the server is out of reach.
+class _Attempt:
+    """One connect in a slot already counted as open and connecting."""
 
-    Steps double from BACKOFF_FIRST up to the kind's ceiling, each with full jitter
-    (half to all of the step), so that the workers that lost one server do not
-    probe it in step; the ceilings grow with the outage's age (ten times as long after
-    90 s, up to BACKOFF_MAX), so a long one is not probed as often as a restart. Only
-    the prober's failures lengthen it: connects that were already under way when the
-    server went away fail together and count once.
-    """
+    __slots__ = ("deadline", "in_use", "start")
 
-    __slots__ = ("failures", "kind", "since", "until")
+    def __init__(self, start: float, deadline: float, in_use: int) -> None:
+        self.start = start
+        self.deadline = deadline
+        # 1 when the slot is a checkout's (counted in use), 0 when it is the pool's own.
+        self.in_use = in_use
 
-    def __init__(self) -> None:
-        self.failures = 0
-        self.kind = ""
-        self.since = 0.0
-        self.until = 0.0
+    @classmethod
+    def for_checkout(cls, start: float, deadline: float) -> _Attempt:
+        return cls(start, deadline, 1)
 
-    @property
-    def active(self) -> bool:
-        return self.failures > 0
-
-    def failed(self, kind: str, now: float) -> None:
-        if not self.failures:
-            self.since = now
-        self.failures += 1
-        self.kind = kind if kind in BACKOFF_CEILING else "unreachable"
-        ceiling = min(BACKOFF_CEILING[self.kind] * (1 + (now - self.since) / 10), BACKOFF_MAX)
-        step = min(BACKOFF_FIRST * 2 ** min(self.failures - 1, 20), ceiling)
-        self.until = now + step * (0.5 + 0.5 * random())
-
-    def clear(self) -> None:
-        self.failures = 0
-        self.until = 0.0
+    @classmethod
+    def for_pool(cls, timeout: float) -> _Attempt:
+        start = monotonic()
+        return cls(start, start + timeout, 0)
 
 
 class Pool:
@@ -214,7 +195,6 @@ class Pool:
         self._waiters: deque[_Waiter] = deque()
         # Waiters whose requests hold connections of other aliases: served first.
         self._holders: deque[_Waiter] = deque()
-        self._reserved = 0  # checkouts beyond the cap, by requests holding other aliases
         # Every slot counts against the cap: idle, in use (held by a checkout, or being
         # opened for one), being opened for the pool itself, or being closed.
         self._open = 0
@@ -224,21 +204,10 @@ class Pool:
         self._closed = False
         # Reclaimed by finalizers, which may not take the lock; drained under it.
         self._leaked: deque[PooledConnection] = deque()
-        self._connects = 0
-        self._checkouts = 0
-        self._recycles = 0
-        self._timeouts = 0
-        self._connect_errors = 0
-        self._discards: Counter[str] = Counter()
-        self._last_connect_error: str | None = None
-        self._rejects: Counter[str] = Counter()
-        # Queue time of checkouts that got a connection or a slot: one count per
-        # bucket of WAIT_BUCKETS, the last for longer ones.
-        self._wait_buckets = [0] * (len(WAIT_BUCKETS) + 1)
-        self._wait_sum = 0.0
+        self._stats = PoolStats()
         # Entries checked out, watched for long holds only when warn_hold is set.
         self._held: set[PooledConnection] | None = set() if self._warn_hold is not None else None
-        self._backoff = _Backoff()
+        self._backoff = Backoff()
         self._prober = False  # a prober is running for this generation
         self._probing = False  # a probe (the prober's or a checkout's) is under way
 
@@ -254,91 +223,103 @@ class Pool:
         PoolUnavailable when the server is out of reach and the pool has no
         connection left, or the connector's own error when a connect it tried failed.
         """
-        start = time.monotonic()
+        start = monotonic()
         deadline = start + (self._config.timeout if timeout is None else timeout)
         if self._leaked:
             self.drain_leaked()
         while True:
-            item = self._take(start, deadline, holding)
-            if item is _PROBE:
+            got = self._take(start, deadline, holding)
+            if got is _Handoff.PROBE:
                 return self._probe_for(start, deadline)
-            if item is not _SLOT:
-                now = item.checked_out_at  # set by _take when it took the connection
-                if self._usable(item, now, deadline):
-                    return self._hand_out(item, start, now)
+            if got is not _Handoff.SLOT:
+                now = got.checked_out_at  # set by _take when it took the connection
+                if self._usable(got, now, deadline):
+                    return self._hand_out(got, start, now)
             # A slot, or a stale connection's (discarded): the caller opens a new one.
-            entry = self._connect(start, deadline)
+            entry = self._connect(_Attempt.for_checkout(start, deadline))
             if entry is not None:
                 return entry
             # The pool backed off meanwhile and the slot went back: decide again.
 
-    def _take(self, start: float, deadline: float, holding: int) -> Any:
-        """An idle entry, or a slot reserved for the caller (_SLOT); waits its turn if neither."""
-        error: Exception | None = None
-        reason = ""
-        start_prober = False
+    def _take(
+        self, start: float, deadline: float, holding: int
+    ) -> PooledConnection | Literal[_Handoff.SLOT, _Handoff.PROBE]:
+        """An idle entry, a slot counted for the caller, or the probe's turn; else it waits."""
         with self._lock:
             if self._closed:
-                raise PoolClosed(f"the pool of alias {self.name!r} is closed")
+                raise self._closed_error()
             if self._idle:
                 entry = self._idle.pop()
                 self._in_use += 1
-                self._checkouts += 1
-                self._wait_buckets[0] += 1
+                self._stats.checkouts += 1
+                self._stats.wait_buckets[0] += 1
                 # Straight from the stack no time has passed worth a clock read.
                 entry.checked_out_at = start
                 return entry
-            if self._open < self._cap + holding and not self._backoff.active:
-                # Reserve the slot before connect() can yield to another greenlet.
-                self._open += 1
-                self._in_use += 1
-                self._wait_buckets[0] += 1
-                if self._open <= self._cap:
-                    return _SLOT
-                self._reserved += 1
-                reason = "reserve"
-            elif self._backoff.active and not self._established_locked():
-                if self._probe_due_locked():
-                    self._in_use += 1
-                    return _PROBE
-                self._rejects["backoff"] += 1
-                error = self._unavailable_error()
-                reason = "backoff"
-                start_prober = self._claim_prober_locked()
-            elif (
-                not holding
-                and self._max_waiting is not None
-                and len(self._waiters) >= self._max_waiting
-            ):
-                self._rejects["max_waiting"] += 1
-                error = PoolOverloaded(
-                    f"no connection for alias {self.name!r}: all {self._cap} in use and "
-                    f"{len(self._waiters)} already waiting (max_waiting={self._max_waiting})"
-                )
-                reason = "max_waiting"
-            else:
-                waiter = _Waiter(start, holding)
-                (self._holders if holding else self._waiters).append(waiter)
-                # A prober that died (an interrupt) is started again by the next waiter.
-                start_prober = self._claim_prober_locked()
-        if reason == "reserve":
-            self._log_reserve(holding)
-            return _SLOT
+            got = self._no_idle_locked(start, holding)
+            # A prober that died (an interrupt) is started again by the next waiter.
+            start_prober = (
+                isinstance(got, (_Waiter, PoolUnavailable)) and self._claim_prober_locked()
+            )
         if start_prober:
             self._start_prober()
-        if error is not None:
-            self._log.warning("db_pool.reject", **self._counts(), reason=reason)
-            raise error
-        got = self._wait(waiter, start, deadline)
-        if got is _CLOSED:
-            raise PoolClosed(f"the pool of alias {self.name!r} is closed")
-        if got is _UNAVAILABLE:
-            self._log.warning("db_pool.reject", **self._counts(), reason="backoff")
-            raise self._unavailable_error()
-        if holding and self._open > self._cap:
+        if isinstance(got, _Waiter):
+            return self._wait_turn(got, start, deadline)
+        if isinstance(got, PoolError):
+            reason = Reject.BACKOFF if isinstance(got, PoolUnavailable) else Reject.MAX_WAITING
+            self._log.warning("db_pool.reject", **self._counts(), reason=reason.value)
+            raise got
+        if got is _Handoff.RESERVE:
             self._log_reserve(holding)
-        if got is not _SLOT and got is not _PROBE:
-            got.checked_out_at = time.monotonic()  # the caller's now: the wait took time
+            return _Handoff.SLOT
+        return got
+
+    def _no_idle_locked(
+        self, start: float, holding: int
+    ) -> Literal[_Handoff.SLOT, _Handoff.RESERVE, _Handoff.PROBE] | _Waiter | PoolError:
+        """No idle connection: a slot, the probe's turn, a refusal, or a place in a queue."""
+        if self._open < self._cap + holding and not self._backoff.active:
+            # Reserve the slot before connect() can yield to another greenlet.
+            self._open += 1
+            self._in_use += 1
+            self._stats.wait_buckets[0] += 1
+            if self._open <= self._cap:
+                return _Handoff.SLOT
+            self._stats.reserved += 1
+            return _Handoff.RESERVE
+        if self._backoff.active and not self._established_locked():
+            if self._probe_due_locked():
+                self._in_use += 1
+                return _Handoff.PROBE
+            self._stats.rejects[Reject.BACKOFF] += 1
+            return self._unavailable_error()
+        if not holding and self._queue_full_locked():
+            self._stats.rejects[Reject.MAX_WAITING] += 1
+            return PoolOverloaded(
+                f"no connection for alias {self.name!r}: all {self._cap} in use and "
+                f"{len(self._waiters)} already waiting (max_waiting={self._max_waiting})"
+            )
+        waiter = _Waiter(start, holding)
+        self._queue_of(waiter).append(waiter)
+        return waiter
+
+    def _queue_full_locked(self) -> bool:
+        return self._max_waiting is not None and len(self._waiters) >= self._max_waiting
+
+    def _wait_turn(
+        self, waiter: _Waiter, start: float, deadline: float
+    ) -> PooledConnection | Literal[_Handoff.SLOT]:
+        """Queued: what the waiter was handed, or the error that ended its wait."""
+        got = self._wait(waiter, start, deadline)
+        if got is _Handoff.CLOSED:
+            raise self._closed_error()
+        if got is _Handoff.UNAVAILABLE:
+            self._log.warning("db_pool.reject", **self._counts(), reason=Reject.BACKOFF.value)
+            raise self._unavailable_error()
+        if waiter.holding and self._open > self._cap:
+            self._log_reserve(waiter.holding)
+        if got is not _Handoff.SLOT:
+            got.checked_out_at = monotonic()  # the caller's now: the wait took time
         return got
 
     def _log_reserve(self, holding: int) -> None:
@@ -352,18 +333,21 @@ class Pool:
         # Connections that may yet be given back: neither being opened nor closed.
         return self._open - self._connecting - self._closing
 
+    def _closed_error(self) -> PoolClosed:
+        return PoolClosed(f"the pool of alias {self.name!r} is closed")
+
     def _unavailable_error(self) -> PoolUnavailable:
-        retry_in = max(self._backoff.until - time.monotonic(), 0.0)
+        retry_in = max(self._backoff.until - monotonic(), 0.0)
         return PoolUnavailable(
             f"no connection for alias {self.name!r}: the database server is out of reach "
-            f"({self._last_connect_error}) and none of the pool's connections is left; "
+            f"({self._stats.last_connect_error}) and none of the pool's connections is left; "
             f"the pool tries again by itself in {retry_in:.2f} s"
         )
 
-    def _wait(self, waiter: _Waiter, start: float, deadline: float) -> Any:
+    def _wait(self, waiter: _Waiter, start: float, deadline: float) -> _Handed:
         while True:
             try:
-                waiter.wakeup.wait(deadline - time.monotonic())
+                waiter.wakeup.wait(deadline - monotonic())
             except BaseException:
                 # gevent.Timeout or GreenletExit while waiting: give back what may have come.
                 self._abandon(waiter)
@@ -371,11 +355,11 @@ class Pool:
             with self._lock:
                 if waiter.item is not None:
                     return waiter.item
-                if time.monotonic() >= deadline:
+                if monotonic() >= deadline:
                     # Timed out, and no handoff raced in before the lock.
                     self._queue_of(waiter).remove(waiter)
-                    self._timeouts += 1
-                    error = self._timeout_error(time.monotonic() - start)
+                    self._stats.timeouts += 1
+                    error = self._timeout_error(monotonic() - start)
                     break
             # Woken before the deadline with nothing handed over: wait again.
         self._log.warning("db_pool.timeout", **self._counts(), waited=error.waited)
@@ -383,40 +367,40 @@ class Pool:
 
     def _abandon(self, waiter: _Waiter) -> None:
         with self._lock:
-            item, waiter.item = waiter.item, _CLOSED
+            item, waiter.item = waiter.item, _Handoff.CLOSED
             if item is None:
                 self._queue_of(waiter).remove(waiter)
                 return
-            if item is _SLOT:
+            if item is _Handoff.SLOT:
                 self._in_use -= 1
                 self._release_slot_locked()
                 return
-        if item is not _CLOSED and item is not _UNAVAILABLE:
-            self.checkin(item)
+        if isinstance(item, PooledConnection):
+            self._give_back(item)  # never used: no reset
 
     def _usable(self, entry: PooledConnection, now: float, deadline: float) -> bool:
         """Whether ``entry`` may be handed out; if not it is closed, and its slot kept."""
         try:
             reason = self._stale(entry, now, deadline)
         except BaseException:
-            self.checkin(entry, "interrupted")
+            self._give_back(entry, Reason.INTERRUPTED)
             raise
         if reason is None:
             return True
         try:
             self.connector.close(entry.conn)
             with self._lock:
-                self._discards[reason] += 1
-                self._checkouts -= 1  # counted when taken; the new connection counts
+                self._stats.discards[reason] += 1
+                self._stats.checkouts -= 1  # counted when taken; the new connection counts
             self._log_discard(reason)
         except BaseException:
-            self._release_slot(held=True)
+            self._release_held_slot()
             raise
         return False
 
     def _stale(self, entry: PooledConnection, now: float, deadline: float) -> str | None:
         if now >= entry.expires_at:
-            return "max_age"
+            return Reason.MAX_AGE
         # No max_idle here: a request that needs a connection should get the idle
         # one; shrinking a quiet pool is the reaper's job.
         ping = self._ping_after is not None and now - entry.idle_since >= self._ping_after
@@ -427,7 +411,7 @@ class Pool:
                 return self.connector.check(entry.conn, True)
             except BaseException as exc:
                 if timer is not None and exc is timer:
-                    return "broken"
+                    return Reason.BROKEN
                 raise
 
     def _hand_out(self, entry: PooledConnection, start: float, now: float) -> PooledConnection:
@@ -441,66 +425,59 @@ class Pool:
             except BaseException:
                 # The logger raised, or the caller was interrupted in it: nobody
                 # holds the connection yet.
-                self.checkin(entry)
+                self._give_back(entry)
                 raise
         return entry
 
     # -- connect ----------------------------------------------------------------
 
-    def _connect(self, start: float, deadline: float) -> PooledConnection | None:
+    def _connect(self, attempt: _Attempt) -> PooledConnection | None:
         """Open a connection in the slot the caller holds; None if the slot went back.
 
         On evidence that the server is out of reach the pool backs off, and the
         caller, rather than fail, waits for a connection given back while the pool
         has any.
         """
-        with self._lock:
-            backed_off = self._backoff.active
-            if not backed_off:
-                self._connecting += 1
-        if backed_off:
+        if not self._start_connecting():
             # Backed off since the slot was reserved: no connect on a request's path.
-            self._release_slot(held=True)
+            self._release_held_slot()
             return None
         try:
-            conn = self._open_in_slot(start, deadline, held=True)
+            conn = self._open_in_slot(attempt)
         except BaseException as exc:
-            if self._may_wait_instead(exc, deadline):
+            if self._may_wait_instead(exc, attempt.deadline):
                 return None  # the connections left may serve the caller
             raise
-        entry = self._opened(conn, start, checkout=True)
-        if self._held is not None:
-            self._held.add(entry)
-        try:
-            if self._debug:
-                self._emit_debug("db_pool.checkout", reused=False, waited=entry.created_at - start)
-        except BaseException:
-            self.checkin(entry)
-            raise
-        return entry
+        return self._opened_for_checkout(conn, attempt.start)
 
-    def _open_in_slot(self, start: float, deadline: float, *, held: bool) -> Any:
+    def _start_connecting(self) -> bool:
+        with self._lock:
+            if self._backoff.active:
+                return False
+            self._connecting += 1
+            return True
+
+    def _open_in_slot(self, attempt: _Attempt) -> Any:
         """Connect in a slot already counted as connecting; on failure it is given back.
 
         A connection lost during its login or setup (a KILL, say) is tried once more
-        at once, unless the pool backed off meanwhile. ``held``: the slot is a
-        checkout's (counted in use), not the pool's own.
+        at once, unless the pool backed off meanwhile.
         """
         retry = True
         while True:
             try:
-                return self._open_connection(start, deadline)
+                return self._open_connection(attempt.start, attempt.deadline)
             except BaseException as exc:
                 kind = self._kind(exc)
-                if retry and kind == "lost" and time.monotonic() < deadline:
+                if retry and kind == "lost" and monotonic() < attempt.deadline:
                     retry = False
                     if not self._backoff.active:
-                        self._log_retry(exc, held)
+                        self._log_retry(exc, attempt)
                         continue
-                self._connect_failed(exc, kind, held=held)
+                self._connect_failed(exc, kind, attempt)
                 raise
 
-    def _log_retry(self, exc: BaseException, held: bool) -> None:
+    def _log_retry(self, exc: BaseException, attempt: _Attempt) -> None:
         try:
             self._log.info(
                 "db_pool.connect_failed",
@@ -513,7 +490,7 @@ class Pool:
             # The logger raised, or the caller was interrupted in it: the slot goes back.
             with self._lock:
                 self._connecting -= 1
-                self._in_use -= held
+                self._in_use -= attempt.in_use
                 self._release_slot_locked()
             raise
 
@@ -531,76 +508,101 @@ class Pool:
     def _may_wait_instead(self, exc: BaseException, deadline: float) -> bool:
         # Only for evidence that the server is out of reach: never for the caller's
         # own interrupt or deadline, nor for an error that is the caller's to see.
-        if self._kind(exc) not in _EVIDENCE:
+        if self._kind(exc) not in EVIDENCE:
             return False
         with self._lock:
-            return (
-                self._backoff.active
-                and self._established_locked() > 0
-                and time.monotonic() < deadline
-            )
+            waiting_helps = self._backoff.active and self._established_locked() > 0
+            return waiting_helps and monotonic() < deadline
 
     def _open_connection(self, start: float, deadline: float) -> Any:
-        with _sync.deadline(deadline - time.monotonic()) as timer:
+        return self._within(start, deadline, self.connector.connect)
+
+    def _within(self, start: float, deadline: float, connect: Callable[[], Any]) -> Any:
+        """``connect()``, bounded by the checkout's deadline (under gevent)."""
+        with _sync.deadline(deadline - monotonic()) as timer:
             try:
-                return self.connector.connect()
+                return connect()
             except BaseException as exc:
                 if timer is not None and exc is timer:
-                    raise self._timeout_error(time.monotonic() - start, "connect") from None
+                    raise self._timeout_error(monotonic() - start, "connect") from None
                 raise
 
-    def _opened(self, conn: Any, start: float, *, checkout: bool) -> PooledConnection:
-        """Count a new connection in; the server takes connections again."""
-        now = time.monotonic()
-        entry = PooledConnection(conn, now, self._max_age, self._generation)
+    def _count_opened_locked(self) -> bool:
+        """Count a new connection in; True if it ends a backoff (the server is back)."""
+        self._connecting -= 1
+        self._stats.connects += 1
+        recovered = self._backoff.active
+        if recovered:
+            self._backoff.clear()
+        return recovered
+
+    def _opened_for_checkout(self, conn: Any, start: float) -> PooledConnection:
+        """A connection opened in a checkout's slot: counted in, and the caller's."""
+        entry = PooledConnection(conn, monotonic(), self._max_age, self._generation)
         with self._lock:
-            self._connecting -= 1
-            self._connects += 1
-            self._checkouts += checkout
-            recovered = self._backoff.active
-            if recovered:
-                self._backoff.clear()
-                if checkout:
-                    self._grant_slots_locked(now)
-        try:
-            self._log.info("db_pool.connect", **self._counts(), seconds=round(now - start, 6))
-            if recovered:
-                self._log.info("db_pool.recovered", **self._counts())
-        except BaseException:
-            if checkout:
-                self.checkin(entry)
+            self._stats.checkouts += 1
+            if self._count_opened_locked():
+                self._grant_slots_locked(entry.created_at)
+                recovered = True
             else:
-                self._deliver(entry)
+                recovered = False
+        if self._held is not None:
+            self._held.add(entry)
+        try:
+            self._log_opened(entry, start, recovered)
+            if self._debug:
+                self._emit_debug("db_pool.checkout", reused=False, waited=entry.created_at - start)
+        except BaseException:
+            self._give_back(entry)  # never used: no reset
             raise
         return entry
 
-    def _connect_failed(self, exc: BaseException, kind: str, *, held: bool) -> None:
+    def _opened_for_pool(self, conn: Any, start: float) -> None:
+        """A connection the pool opened for itself (warm-up, the prober): delivered."""
+        entry = PooledConnection(conn, monotonic(), self._max_age, self._generation)
+        with self._lock:
+            recovered = self._count_opened_locked()
+        try:
+            self._log_opened(entry, start, recovered)
+        finally:
+            self._deliver(entry)
+
+    def _log_opened(self, entry: PooledConnection, start: float, recovered: bool) -> None:
+        seconds = round(entry.created_at - start, 6)
+        self._log.info("db_pool.connect", **self._counts(), seconds=seconds)
+        if recovered:
+            self._log.info("db_pool.recovered", **self._counts())
+
+    def _connect_failed(self, exc: BaseException, kind: str, attempt: _Attempt) -> None:
         """Count a failed connect in and give its slot back; back off on evidence."""
         start_prober = False
         with self._lock:
             self._connecting -= 1
             if kind != "interrupted":
                 # (An interrupt of the caller's own says nothing of the server.)
-                self._connect_errors += 1
-                self._last_connect_error = _describe(exc)
+                self._stats.connect_errors += 1
+                self._stats.last_connect_error = _describe(exc)
             if kind == "timeout":
                 # Our own deadline says nothing of the server (the wait may have used
                 # it up); the driver's connect_timeout does, and is "unreachable".
-                self._timeouts += 1
-            elif kind in _EVIDENCE and not self._backoff.active:
-                self._backoff.failed(kind, time.monotonic())
+                self._stats.timeouts += 1
+            elif kind in EVIDENCE and not self._backoff.active:
+                self._backoff.failed(kind, monotonic())
                 start_prober = self._claim_prober_locked()
-            self._in_use -= held
+            self._in_use -= attempt.in_use
             self._release_slot_locked()
         if start_prober:
             self._start_prober()
+        self._log_connect_failed(exc, kind)
+
+    def _log_connect_failed(self, exc: BaseException, kind: str) -> None:
         if isinstance(exc, PoolTimeout):
             self._log.warning("db_pool.timeout", **self._counts(), waited=exc.waited)
         elif kind != "interrupted":
             self._log.warning(
                 "db_pool.connect_failed",
                 **self._counts(),
-                error=self._last_connect_error,
+                error=self._stats.last_connect_error,
                 kind=kind,
                 backoff=self._backoff.active,
             )
@@ -628,11 +630,10 @@ class Pool:
 
     def _probe_due_locked(self) -> bool:
         # Reserves the slot and the probe's turn when it is due.
-        now = time.monotonic()
         if (
             self._probing
             or self._backoff.kind != "down"
-            or now < self._backoff.until
+            or monotonic() < self._backoff.until
             or self._open >= self._cap
         ):
             return False
@@ -648,27 +649,18 @@ class Pool:
         round trip; the look is bounded by the checkout's deadline all the same.
         """
         try:
-            with _sync.deadline(deadline - time.monotonic()) as timer:
-                try:
-                    conn = self._probe_connect(start, deadline)
-                except BaseException as exc:
-                    if timer is not None and exc is timer:
-                        raise self._timeout_error(time.monotonic() - start, "connect") from None
-                    raise
+            conn = self._within(start, deadline, lambda: self._probe_connect(start, deadline))
         except BaseException as exc:
-            self._probe_failed(exc, held=True)
+            self._probe_failed(exc, _Attempt.for_checkout(start, deadline))
             if not isinstance(exc, Exception):
                 raise
-            self._log.warning("db_pool.reject", **self._counts(), reason="backoff")
+            self._log.warning("db_pool.reject", **self._counts(), reason=Reject.BACKOFF.value)
             raise self._unavailable_error() from exc
         with self._lock:
             self._probing = False
-        entry = self._opened(conn, start, checkout=True)
-        if self._held is not None:
-            self._held.add(entry)
-        return entry
+        return self._opened_for_checkout(conn, start)
 
-    def _probe_failed(self, exc: BaseException, *, held: bool) -> None:
+    def _probe_failed(self, exc: BaseException, attempt: _Attempt) -> None:
         kind = "down" if isinstance(exc, _NothingListens) else self._kind(exc)
         if kind == "timeout":
             kind = "unreachable"  # no answer within the probe's own deadline
@@ -676,15 +668,14 @@ class Pool:
         with self._lock:
             self._probing = False
             self._connecting -= 1
-            if held:
-                self._in_use -= 1
+            self._in_use -= attempt.in_use
             if kind != "interrupted":
-                self._backoff.failed(kind, time.monotonic())
+                self._backoff.failed(kind, monotonic())
                 if kind == "down":
-                    self._rejects["backoff"] += held
+                    self._stats.rejects[Reject.BACKOFF] += attempt.in_use
                 else:
-                    self._connect_errors += 1
-                    self._last_connect_error = _describe(exc)
+                    self._stats.connect_errors += 1
+                    self._stats.last_connect_error = _describe(exc)
                 start_prober = self._claim_prober_locked()
             self._release_slot_locked()
         if start_prober:
@@ -705,31 +696,41 @@ class Pool:
     def _probe_once(self, generation: int) -> bool:
         """One step of the prober; False when it has nothing more to do."""
         with self._lock:
-            if self._generation != generation:
-                return False  # the parent's prober, carried over by a fork
-            if self._closed or not self._backoff.active:
-                # Decided under the lock that starts probers: none is ever missing.
-                self._prober = False
-                return False
-            now = time.monotonic()
-            delay = self._backoff.until - now
-            if delay <= 0 and (self._open >= self._cap or self._probing):
-                # Every slot holds a connection, or a checkout is probing: look later.
-                delay = BACKOFF_CEILING[self._backoff.kind]
-            if delay <= 0:
-                self._probing = True
-                self._open += 1
-                self._connecting += 1
+            delay = self._probe_delay_locked(generation)
+        if delay is None:
+            return False
         if delay > 0:
-            time.sleep(delay)
+            time.sleep(delay)  # looked up now: gevent's once it has patched time
             return True
-        start = time.monotonic()
+        return self._probe_now(generation)
+
+    def _probe_delay_locked(self, generation: int) -> float | None:
+        """Seconds until the next probe; 0: now (its slot reserved); None: nothing to do."""
+        if self._generation != generation:
+            return None  # the parent's prober, carried over by a fork
+        if self._closed or not self._backoff.active:
+            # Decided under the lock that starts probers: none is ever missing.
+            self._prober = False
+            return None
+        delay = self._backoff.until - monotonic()
+        if delay <= 0 and (self._open >= self._cap or self._probing):
+            # Every slot holds a connection, or a checkout is probing: look later.
+            delay = self._backoff.ceiling
+        if delay > 0:
+            return delay
+        self._probing = True
+        self._open += 1
+        self._connecting += 1
+        return 0.0
+
+    def _probe_now(self, generation: int) -> bool:
+        attempt = _Attempt.for_pool(self._config.timeout)
         try:
-            conn = self._probe_connect(start, start + self._config.timeout)
+            conn = self._probe_connect(attempt.start, attempt.deadline)
         except BaseException as exc:
             if self._generation != generation:
                 return False  # forked meanwhile: these counters are not ours
-            self._probe_failed(exc, held=False)
+            self._probe_failed(exc, attempt)
             if isinstance(exc, Exception):
                 return True
             raise
@@ -738,7 +739,7 @@ class Pool:
             return False
         with self._lock:
             self._probing = False
-        self._deliver(self._opened(conn, start, checkout=False))
+        self._opened_for_pool(conn, attempt.start)
         return True  # the next step sees the backoff over and ends
 
     def _probe_connect(self, start: float, deadline: float) -> Any:
@@ -764,30 +765,50 @@ class Pool:
             if not self._backoff.active or self._backoff.kind != "down":
                 return
             self._backoff.clear()
-            self._grant_slots_locked(time.monotonic())
+            self._grant_slots_locked(monotonic())
         self._log.info("db_pool.recovered", **self._counts())
 
     # -- checkin ----------------------------------------------------------------
 
-    def checkin(self, entry: PooledConnection, reason: str | None = None) -> None:
-        """Give ``entry`` back: recycled for reuse, or discarded (closed) with ``reason``."""
+    def checkin(self, entry: PooledConnection, reason: Reason | str | None = None) -> None:
+        """Give back a connection the caller checked out: reset and recycled, or discarded.
+
+        Without ``reason``, the connector resets it first (``Connector.reset``); a
+        reason the reset returns discards it, and a BaseException from the reset
+        (``gevent.Timeout``, ``GreenletExit``) discards it as "interrupted" and is
+        raised again once its slot is free. With ``reason`` (the caller knows the
+        connection is done for), there is no reset: it is discarded with that reason.
+        A connection past its ``max_age``, or given back to a closed pool, is
+        discarded either way. The slot is always freed, even if a close or an event
+        raises.
+        """
+        if reason is None and entry.generation == self._generation and not self._closed:
+            try:
+                reason = self.connector.reset(entry.conn)
+            except BaseException:
+                self._give_back(entry, Reason.INTERRUPTED)
+                raise
+        self._give_back(entry, reason)
+
+    def _give_back(self, entry: PooledConnection, reason: Reason | str | None = None) -> None:
+        """Recycle ``entry`` or discard it with ``reason``; no reset (the caller's job)."""
         if entry.generation != self._generation:
             # Checked out before this process forked: its socket is the parent's.
             self.connector.abort(entry.conn)
             return
-        now = time.monotonic()
+        now = monotonic()
         held = now - entry.checked_out_at
         long_hold = False
         if self._held is not None:
             self._held.discard(entry)
             long_hold = not entry.warned and held >= self._warn_hold  # type: ignore[operator]
         if reason is None and now >= entry.expires_at:
-            reason = "max_age"
+            reason = Reason.MAX_AGE
         try:
             if reason is None:
                 reason = self._recycle(entry, now, held)
             if reason is not None:
-                self._discard(entry, reason, held=True, fields={"held": held})
+                self._discard(entry, reason, held=held)
         finally:
             # Events last: a logger that raises cannot keep the entry from coming back.
             if long_hold:
@@ -795,11 +816,11 @@ class Pool:
             if self._leaked:
                 self.drain_leaked()
 
-    def _recycle(self, entry: PooledConnection, now: float, held: float) -> str | None:
+    def _recycle(self, entry: PooledConnection, now: float, held: float) -> Reason | None:
         """Hand ``entry`` to the longest waiter or keep it idle; a discard reason if neither."""
         with self._lock:
             if self._closed:
-                return "shutdown"
+                return Reason.SHUTDOWN
             waiter = (
                 self._next_waiter_locked(self._open) if self._waiters or self._holders else None
             )
@@ -807,7 +828,7 @@ class Pool:
             if waiter is not None:
                 self._hand_entry_locked(entry, now, waiter)
             elif self._open > self._cap:
-                return "reserve"  # opened past the cap for a request holding other aliases
+                return Reason.RESERVE  # opened past the cap for a request holding other aliases
             else:
                 # Kept up to the cap: connections beyond pool_size close after
                 # overflow_max_idle (the reaper), not on every checkin, so a load
@@ -815,20 +836,18 @@ class Pool:
                 entry.idle_since = now
                 self._idle.append(entry)
                 self._in_use -= 1
-            self._recycles += 1
+            self._stats.recycles += 1
         if self._debug:
             self._emit_debug("db_pool.recycle", held=held, handed=handed)
         return None
 
     def _deliver(self, entry: PooledConnection) -> None:
         """A connection the pool opened for itself: to the longest waiter, or idle."""
-        now = time.monotonic()
+        now = monotonic()
         with self._lock:
             if self._closed:
                 self._closing += 1
-                reason = "shutdown"
             else:
-                reason = None
                 waiter = self._next_waiter_locked(self._open)
                 if waiter is not None:
                     self._in_use += 1
@@ -836,8 +855,8 @@ class Pool:
                     self._grant_slots_locked(now)
                 else:
                     self._idle.append(entry)
-        if reason is not None:
-            self._discard(entry, reason, held=False)
+                return
+        self._discard(entry, Reason.SHUTDOWN)
 
     def _hand_entry_locked(self, entry: PooledConnection, now: float, waiter: _Waiter) -> None:
         # Straight to the waiter: a greenlet that comes later must not find it idle first.
@@ -846,39 +865,33 @@ class Pool:
         entry.warned = False
         if self._held is not None:
             self._held.add(entry)
-        self._checkouts += 1
+        self._stats.checkouts += 1
         self._hand_locked(waiter, entry, now)
 
     def _discard(
-        self,
-        entry: PooledConnection,
-        reason: str,
-        *,
-        held: bool,
-        fields: dict[str, Any] | None = None,
+        self, entry: PooledConnection, reason: Reason | str, *, held: float | None = None
     ) -> None:
         # Close before the slot is freed, so the server never sees more than the cap;
-        # free it even if the close is interrupted. ``held``: by a checkout, else
-        # counted as closing.
+        # free it even if the close is interrupted. ``held``: the seconds a holder had
+        # it (its slot counts in use); None for one the pool held, counted as closing.
         try:
             self.connector.close(entry.conn)
         finally:
             try:
                 with self._lock:
-                    self._discards[reason] += 1
-                    if held:
-                        self._in_use -= 1
-                    else:
+                    self._stats.discards[reason] += 1
+                    if held is None:
                         self._closing -= 1
+                    else:
+                        self._in_use -= 1
                     self._release_slot_locked()
             finally:
                 # Logged last: a logger that raises or yields cannot cost the slot.
-                self._log_discard(reason, **(fields or {}))
+                self._log_discard(reason, held)
 
-    def _release_slot(self, *, held: bool) -> None:
+    def _release_held_slot(self) -> None:
         with self._lock:
-            if held:
-                self._in_use -= 1
+            self._in_use -= 1
             self._release_slot_locked()
 
     def _release_slot_locked(self) -> None:
@@ -888,15 +901,15 @@ class Pool:
             waiter = self._next_waiter_locked(self._open)
             if waiter is not None:
                 self._in_use += 1
-                self._hand_locked(waiter, _SLOT, time.monotonic())
+                self._hand_locked(waiter, _Handoff.SLOT, monotonic())
                 return
         self._open -= 1
         if self._backoff.active and not self._established_locked():
             # Out of reach and nothing left to give back: waiting would only time out.
             for queue in (self._holders, self._waiters):
-                self._rejects["backoff"] += len(queue)
+                self._stats.rejects[Reject.BACKOFF] += len(queue)
                 while queue:
-                    self._hand_locked(queue.popleft(), _UNAVAILABLE, time.monotonic())
+                    self._hand_locked(queue.popleft(), _Handoff.UNAVAILABLE, monotonic())
 
     def _grant_slots_locked(self, now: float) -> None:
         # Back from a backoff: the free slots go to the next waiters at once.
@@ -908,7 +921,7 @@ class Pool:
                 return
             self._open += 1
             self._in_use += 1
-            self._hand_locked(waiter, _SLOT, now)
+            self._hand_locked(waiter, _Handoff.SLOT, now)
 
     def _next_waiter_locked(self, open_: int) -> _Waiter | None:
         """Who is served, ``open_`` connections being open then; taken off its queue.
@@ -920,25 +933,25 @@ class Pool:
             for waiter in self._holders:
                 if open_ <= self._cap + waiter.holding:
                     self._holders.remove(waiter)
-                    self._reserved += open_ > self._cap
+                    self._stats.reserved += open_ > self._cap
                     return waiter
         if self._waiters and open_ <= self._cap:
             return self._waiters.popleft()
         return None
 
-    def _hand_locked(self, waiter: _Waiter, item: Any, now: float) -> None:
+    def _hand_locked(self, waiter: _Waiter, item: _Handed, now: float) -> None:
         # Taken off its queue by the caller, under the lock: nobody can barge in.
-        if item is not _UNAVAILABLE:  # the histogram is of waits that got something
-            waited = now - waiter.since
-            self._wait_sum += waited
-            self._wait_buckets[bisect_left(WAIT_BUCKETS, waited)] += 1
+        if item is not _Handoff.UNAVAILABLE:  # the histogram is of waits that got something
+            self._stats.waited(now - waiter.since)
         waiter.item = item
         waiter.wakeup.set()
 
-    def _log_discard(self, reason: str, **fields: Any) -> None:
-        if "held" in fields:
-            fields["held"] = round(fields["held"], 6)
-        self._log.info("db_pool.discard", **self._counts(), reason=reason, **fields)
+    def _log_discard(self, reason: Reason | str, held: float | None = None) -> None:
+        if held is None:
+            self._log.info("db_pool.discard", **self._counts(), reason=str(reason))
+        else:
+            fields = {"reason": str(reason), "held": round(held, 6)}
+            self._log.info("db_pool.discard", **self._counts(), **fields)
 
     # -- leaks: no lock, no I/O ------------------------------------------------------
 
@@ -963,14 +976,14 @@ class Pool:
             while self._leaked:
                 entry = self._leaked.popleft()
                 drained.append(entry)
-                self._discards["leak"] += 1
+                self._stats.discards[Reason.LEAK] += 1
                 self._in_use -= 1
                 self._release_slot_locked()
         for entry in drained:
             self._log.warning(
                 "db_pool.leak",
                 **self._counts(),
-                held=round(time.monotonic() - entry.checked_out_at, 6),
+                held=round(monotonic() - entry.checked_out_at, 6),
                 where=entry.where,
             )
 
@@ -983,23 +996,10 @@ class Pool:
         ``overflow_max_idle`` those above ``pool_size``.
         """
         self.drain_leaked()
-        now = time.monotonic()
-        expired: list[tuple[PooledConnection, str]] = []
+        now = monotonic()
         with self._lock:
             start_prober = self._claim_prober_locked()
-            keep = []
-            # Oldest idle first, so the ones that shrink the pool are the coldest.
-            open_ = self._open
-            for entry in self._idle:
-                reason = self._expired(entry, now, open_)
-                if reason is None:
-                    keep.append(entry)
-                else:
-                    expired.append((entry, reason))
-                    open_ -= 1
-            if expired:
-                self._idle[:] = keep
-                self._closing += len(expired)
+            expired = self._expire_idle_locked(now)
         if start_prober:
             self._start_prober()
         self._discard_all(expired)
@@ -1009,18 +1009,36 @@ class Pool:
                 if not entry.warned and held >= self._warn_hold:  # type: ignore[operator]
                     self._warn_long_hold(entry, held, still_held=True)
 
-    def _expired(self, entry: PooledConnection, now: float, open_: int) -> str | None:
+    def _expire_idle_locked(self, now: float) -> list[tuple[PooledConnection, Reason]]:
+        """Take the idle connections past their time off the stack, counted as closing."""
+        expired: list[tuple[PooledConnection, Reason]] = []
+        keep = []
+        # Oldest idle first, so the ones that shrink the pool are the coldest.
+        open_ = self._open
+        for entry in self._idle:
+            reason = self._expired(entry, now, open_)
+            if reason is None:
+                keep.append(entry)
+            else:
+                expired.append((entry, reason))
+                open_ -= 1
+        if expired:
+            self._idle[:] = keep
+            self._closing += len(expired)
+        return expired
+
+    def _expired(self, entry: PooledConnection, now: float, open_: int) -> Reason | None:
         if now >= entry.expires_at:
-            return "max_age"
+            return Reason.MAX_AGE
         idle = now - entry.idle_since
         if (
             self._overflow_max_idle is not None
             and open_ > self._pool_size
             and idle >= self._overflow_max_idle
         ):
-            return "overflow"
+            return Reason.OVERFLOW
         if self._max_idle is not None and open_ > self._min_size and idle >= self._max_idle:
-            return "max_idle"
+            return Reason.MAX_IDLE
         return None
 
     def _warn_long_hold(self, entry: PooledConnection, held: float, still_held: bool) -> None:
@@ -1044,12 +1062,12 @@ class Pool:
                     return
                 self._open += 1
                 self._connecting += 1
-            start = time.monotonic()
+            attempt = _Attempt.for_pool(self._config.timeout)
             try:
-                conn = self._open_in_slot(start, start + self._config.timeout, held=False)
+                conn = self._open_in_slot(attempt)
             except Exception:
                 return  # the slot is given back, the error counted and logged
-            self._deliver(self._opened(conn, start, checkout=False))
+            self._opened_for_pool(conn, attempt.start)
 
     def close(self) -> None:
         """Close every idle connection and refuse later checkouts; twice is harmless.
@@ -1066,18 +1084,18 @@ class Pool:
             self._holders, self._waiters = deque(), deque()
             # Marked under the lock, so that a waiter timing out meanwhile sees it.
             for waiter in waiters:
-                waiter.item = _CLOSED
+                waiter.item = _Handoff.CLOSED
         for waiter in waiters:
             waiter.wakeup.set()
-        self._discard_all([(entry, "shutdown") for entry in idle])
+        self._discard_all([(entry, Reason.SHUTDOWN) for entry in idle])
 
-    def _discard_all(self, entries: list[tuple[PooledConnection, str]]) -> None:
+    def _discard_all(self, entries: list[tuple[PooledConnection, Reason]]) -> None:
         # Every one is closed and its slot freed even if one close is interrupted;
         # the first BaseException is raised again at the end.
         error: BaseException | None = None
         for entry, reason in entries:
             try:
-                self._discard(entry, reason, held=False)
+                self._discard(entry, reason)
             except BaseException as exc:
                 error = error or exc
         if error is not None:
@@ -1111,10 +1129,6 @@ class Pool:
                 fields[key] = round(fields[key], 6)
         self._log.debug(event, **self._counts(), **fields)
 
-    def _wait_histogram(self) -> dict[str, Any]:
-        buckets = _cumulative(self._wait_buckets)
-        return {"buckets": buckets, "sum": round(self._wait_sum, 6), "count": buckets[-1][1]}
-
     def stats(self) -> dict[str, Any]:
         """The pool's state and running totals, as a plain dict with stable keys."""
         with self._lock:
@@ -1124,17 +1138,10 @@ class Pool:
                 **counts,
                 "pool_size": self._pool_size,
                 "max_overflow": self._cap - self._pool_size,
-                "connects": self._connects,
-                "connect_errors": self._connect_errors,
-                "checkouts": self._checkouts,
-                "recycles": self._recycles,
-                "discards": dict(self._discards),
-                "timeouts": self._timeouts,
-                "rejects": dict(self._rejects),
-                "wait_seconds": self._wait_histogram(),
+                **self._stats.totals(),
                 "leaked_pending": len(self._leaked),
                 "connecting": self._connecting,
-                "reserved": self._reserved,
+                "reserved": self._stats.reserved,
                 "backed_off": self._backoff.active,
             }
 
@@ -1146,8 +1153,8 @@ class Pool:
             f"(pool_size={self._pool_size} + max_overflow={self._cap - self._pool_size}), "
             f"{len(self._waiters) + len(self._holders)} waiting"
         )
-        if self._last_connect_error:
-            msg += f"; last connect error: {self._last_connect_error}"
+        if self._stats.last_connect_error:
+            msg += f"; last connect error: {self._stats.last_connect_error}"
         return PoolTimeout(msg, round(waited, 6))
 
 
@@ -1157,17 +1164,6 @@ class _NothingListens(Exception):
 
 def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
-
-
-def _cumulative(counts: list[int]) -> list[tuple[float | str, int]]:
-    # The last bound is "+Inf", as Prometheus writes it: JSON has no infinity.
-    total = 0
-    result: list[tuple[float | str, int]] = []
-    bounds: tuple[float | str, ...] = (*WAIT_BUCKETS, "+Inf")
-    for bound, count in zip(bounds, counts, strict=True):
-        total += count
-        result.append((bound, total))
-    return result
 
 
 def _debug_enabled(log: Any) -> bool:

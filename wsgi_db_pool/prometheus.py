@@ -52,6 +52,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from ._reasons import Reason, Reject
+
 __all__ = ["GAUGES", "TOTALS", "MultiprocessPush", "PoolCollector", "register_collector"]
 
 
@@ -85,22 +87,8 @@ TOTALS: dict[str, str] = {
 # Counters by reason; the reasons the pool knows today are always exposed (at 0 until
 # they happen), so that rate() and alerts see a series from the start.
 _BY_REASON: dict[str, tuple[str, tuple[str, ...]]] = {
-    "discards": (
-        "Connections closed, by reason",
-        (
-            "overflow",
-            "max_age",
-            "max_idle",
-            "broken",
-            "closed",
-            "interrupted",
-            "reset_failed",
-            "shutdown",
-            "leak",
-            "reserve",
-        ),
-    ),
-    "rejects": ("Checkouts refused at once, by reason", ("max_waiting", "backoff")),
+    "discards": ("Connections closed, by reason", tuple(reason.value for reason in Reason)),
+    "rejects": ("Checkouts refused at once, by reason", tuple(reason.value for reason in Reject)),
 }
 
 _WAIT_HELP = "Seconds checkouts queued for a connection or a slot (not connecting or pinging)"
