@@ -65,6 +65,11 @@ class _Handoff(enum.Enum):
     UNAVAILABLE = enum.auto()
 
 
+class _Checkin(enum.Enum):
+    #: checkin()'s default: the pool resets the connection (an explicit None: done already).
+    RESET = enum.auto()
+
+
 class Connector(Protocol):
     """What the pool needs from the code that owns the connections."""
 
@@ -770,24 +775,30 @@ class Pool:
 
     # -- checkin ----------------------------------------------------------------
 
-    def checkin(self, entry: PooledConnection, reason: Reason | str | None = None) -> None:
-        """Give back a connection the caller checked out: reset and recycled, or discarded.
+    def checkin(
+        self,
+        entry: PooledConnection,
+        reason: Reason | str | Literal[_Checkin.RESET] | None = _Checkin.RESET,
+    ) -> None:
+        """Give back a connection the caller checked out: recycled, or discarded (closed).
 
-        Without ``reason``, the connector resets it first (``Connector.reset``); a
-        reason the reset returns discards it, and a BaseException from the reset
-        (``gevent.Timeout``, ``GreenletExit``) discards it as "interrupted" and is
-        raised again once its slot is free. With ``reason`` (the caller knows the
-        connection is done for), there is no reset: it is discarded with that reason.
-        A connection past its ``max_age``, or given back to a closed pool, is
-        discarded either way. The slot is always freed, even if a close or an event
-        raises.
+        ``checkin(entry)``: the connector resets it first (``Connector.reset``); a
+        reason the reset returns discards it with that reason, and a BaseException
+        from the reset (``gevent.Timeout``, ``GreenletExit``) discards it as
+        "interrupted" and is raised again once its slot is free.
+        ``checkin(entry, reason)``: no reset; a reason discards it, ``None`` says the
+        caller reset it already and it is recycled.
+        Either way, a connection past its ``max_age`` or given back to a closed pool
+        is discarded, and its slot is freed even if a close or an event raises.
         """
-        if reason is None and entry.generation == self._generation and not self._closed:
-            try:
-                reason = self.connector.reset(entry.conn)
-            except BaseException:
-                self._give_back(entry, Reason.INTERRUPTED)
-                raise
+        if reason is _Checkin.RESET:
+            reason = None
+            if entry.generation == self._generation and not self._closed:
+                try:
+                    reason = self.connector.reset(entry.conn)
+                except BaseException:
+                    self._give_back(entry, Reason.INTERRUPTED)
+                    raise
         self._give_back(entry, reason)
 
     def _give_back(self, entry: PooledConnection, reason: Reason | str | None = None) -> None:
