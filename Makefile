@@ -8,7 +8,7 @@ VENV42 ?= .venv-django42
 VENVPY ?= .venv-pymysql-oldest
 BIN := $(VENV)/bin
 
-.PHONY: test test-main test-django42 test-django6 test-pymysql-oldest demo lint nox bench bench-quick bench-faults bench-smoke clean
+.PHONY: test test-unit test-main test-django42 test-django6 test-pymysql-oldest demo lint nox bench bench-quick bench-faults bench-smoke clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,12 @@ $(VENVPY)/bin/.installed: pyproject.toml
 	touch $@
 
 test: test-main test-django42 test-django6 test-pymysql-oldest
+
+# The pool's policy on a fake connector, in seconds: no Django, no server, no gevent.
+# --confcutdir keeps the Django setup in tests/conftest.py out; the main suite runs
+# these tests too (under gevent's patching).
+test-unit: $(BIN)/.installed
+	$(BIN)/python -m pytest --confcutdir=tests/unit -p no:cacheprovider tests/unit $(PYTEST_ARGS)
 
 # gevent patches the standard library before pytest or Django import anything,
 # which is what gunicorn's gevent worker does.
