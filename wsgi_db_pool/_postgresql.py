@@ -1,7 +1,6 @@
 """PostgreSQL specifics (psycopg 3, or psycopg2): errors that mean "gone", the checks, the reset.
 
-The same functions as ``_mysql``, so that ``_django`` can use either module as the
-alias's dialect.
+It implements ``_dialect.Dialect``, as ``_mysql`` does.
 """
 
 from __future__ import annotations
