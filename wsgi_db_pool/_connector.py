@@ -64,6 +64,12 @@ class AliasConnector:
                 lambda: _session_setup(wrapper),
                 wrapper.settings_dict["AUTOCOMMIT"],
             )
+            # Watched from here on: Django's own setup above is what a reset restores.
+            watch = (
+                self.dialect.watch_statements(wrapper.connection)
+                if plan is not None and self.reset_session == "auto"
+                else None
+            )
         except BaseException:
             if wrapper.connection is not None:
                 self.dialect.abort(wrapper.connection)
@@ -72,6 +78,7 @@ class AliasConnector:
         leave_to_pool_settings(wrapper)
         wrapper.close_if_unusable_or_obsolete = leave_to_pool
         guard = Guard(wrapper, self.dialect, plan)
+        guard.watch = watch
         wrapper.connect = no_silent_reconnect(wrapper, guard, self.timeout)
         for name in ("_commit", "_rollback"):
             setattr(wrapper, name, guard.around(getattr(wrapper, name)))
@@ -142,9 +149,15 @@ class AliasConnector:
                 or wrapper.autocommit != autocommit
                 or self.dialect.needs_rollback(raw)
             )
-            reason = self._reset_planned(guard, raw, now, wait=mode == "always")
-            if reason is not None:
-                return reason
+            watch = guard.watch
+            if watch is not None and watch.clean and not now:
+                pass  # every statement provably left the session as the reset would
+            else:
+                reason = self._reset_planned(guard, raw, now, wait=mode == "always")
+                if reason is not None:
+                    return reason
+                if watch is not None:
+                    watch.clean = True
         elif mode == "always" or (
             mode == "auto" and (guard.dirty or self.dialect.RESETS_EVERY_CHECKIN)
         ):

@@ -41,6 +41,7 @@ class Guard:
         "pending",
         "plan",
         "restoring",
+        "watch",
         "wrapper",
     )
 
@@ -56,6 +57,8 @@ class Guard:
         self.dirty = False
         self.plan = plan
         self.pending = 0
+        # The dialect's watch on what the connection sends (see Dialect.watch_statements).
+        self.watch: Any = None
 
     def __call__(
         self, execute: Callable[..., Any], sql: Any, params: Any, many: bool, context: Any
@@ -176,6 +179,7 @@ def no_silent_reconnect(wrapper: Any, guard: Guard, timeout: float) -> Callable[
         guard.fault = guard.lost_conn = None
         guard.dirty = False
         guard.pending = 0  # a new session: no reset's replies on its socket
+        guard.watch = None  # nor is its driver connection watched: reset it every time
         leave_to_pool_settings(wrapper)
 
     return reconnect

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from . import _sync
+from . import _mysql_clean, _sync
 
 # The connection is gone: server shutdown (1927, 4031 idle kill), gone away (2006),
 # lost during query (2013), out of sync (2014), packet errors after a cut (2045, 2055).
@@ -463,6 +463,14 @@ def defer_reset(raw: Any, plan: ResetPlan) -> None:
     raw._write_bytes = write_after_reset
     raw._read_packet = read_after_reset
     raw.server_status = plan.status
+
+
+def watch_statements(raw: Any) -> _mysql_clean.StatementWatch | None:
+    """Watch what ``raw`` sends, so that "auto" skips the reset after clean requests;
+    None where the driver is not PyMySQL (its statements are not seen)."""
+    if not all(hasattr(raw, name) for name in _PYMYSQL_INTERNALS):
+        return None
+    return _mysql_clean.watch(raw)
 
 
 def reset_deferred(raw: Any) -> bool:
