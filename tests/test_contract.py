@@ -399,7 +399,7 @@ def test_pymysql_connection_internals(server: Server) -> None:
 
 
 def test_every_pymysql_cursor_sends_through_connection_query(server: Server) -> None:
-    """"auto" skips the reset after clean requests by watching Connection.query (see
+    """ "auto" skips the reset after clean requests by watching Connection.query (see
     _mysql_clean.watch): every cursor, and callproc, must send through it, and the
     session changes made without it must be the methods the watch wraps."""
     from wsgi_db_pool import _mysql_clean

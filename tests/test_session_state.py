@@ -78,7 +78,10 @@ def _ddl(way: str, body: str) -> tuple[list[str], list[str]]:
         # A plain SELECT from a view whose definition calls the function.
         create, drop = _ddl("function", body)
         return (
-            [*create, f"CREATE DEFINER={DEFINER} VIEW {DB_NAME}.leak_v AS SELECT {DB_NAME}.leak_f() AS x"],
+            [
+                *create,
+                f"CREATE DEFINER={DEFINER} VIEW {DB_NAME}.leak_v AS SELECT {DB_NAME}.leak_f() AS x",
+            ],
             [f"DROP VIEW IF EXISTS {DB_NAME}.leak_v", *drop],
         )
     if way == "procedure":
