@@ -31,6 +31,8 @@ NOT_CLEAN = [
     "SELECT test.f(1)",
     "SELECT test . f (1)",
     "SELECT `test`.`f`(1)",
+    'SELECT "f"(1)',  # ANSI_QUOTES
+    'SELECT "test"."f"(1)',
     "SELECT a.`b`(1)",
     "SELECT ƒ(1)",
     "SELECT f -- comment\n(1)",

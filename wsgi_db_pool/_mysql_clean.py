@@ -17,7 +17,8 @@ before. A statement is clean when it:
   built-in function known to change nothing (``COUNT(``). A stored function cannot be
   called by a reserved word or by a built-in's name without a schema (the built-in
   wins); with a space before the ``(`` a non-reserved name may be a stored function,
-  so only reserved words may have one. A backquoted or qualified name is a routine.
+  so only reserved words may have one. A quoted (backquotes, or double quotes under
+  ANSI_QUOTES) or qualified name is a routine.
   Comments are read as code: a versioned comment (``/*!...*/``) is executed.
 - names no view (a view may call a stored function): views are read from
   ``information_schema.VIEWS`` when the connection is made; a view made later is seen
@@ -126,8 +127,9 @@ def _calls_nothing(sql: str) -> bool:
                 return False  # qualified: a routine (or a schema's function)
             if name not in _RESERVED and (name not in _PURE or end < at):
                 return False
-        elif end and sql[end - 1] in "`/":
-            return False  # `name` ( or a comment before "(": it may hide a call
+        elif end and sql[end - 1] in "`\"/":
+            # `name`( or "name"( (ANSI_QUOTES), or a comment before "(": maybe a call.
+            return False
         at = sql.find("(", at + 1)
     return True
 
