@@ -8,7 +8,6 @@ path: COM_CHANGE_USER at checkin and a ping for every check.
 from __future__ import annotations
 
 import re
-import select
 import sys
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -106,7 +105,6 @@ def reachable(settings: dict[str, Any]) -> bool | None:
     return _sync.tcp_reachable(host or "localhost", port, timeout)
 
 
-_poll: Any = None
 _NO_SOCKET: Any = object()
 
 
@@ -125,24 +123,11 @@ def is_quiet(raw: Any) -> bool:
     cached = raw.__dict__.get("_wsgi_db_pool_poller")
     try:
         if cached is None or cached[0] is not sock:
-            cached = (sock, _new_poller(sock.fileno()))
+            cached = (sock, _sync.new_poller(sock.fileno()))
             raw._wsgi_db_pool_poller = cached
         return not cached[1].poll(0)
     except (OSError, ValueError):
         return False
-
-
-def _new_poller(fd: int) -> Any:
-    global _poll
-    if _poll is None:
-        # gevent replaces select.poll with one that waits on its hub; a zero-timeout
-        # check must not give up the CPU, so use the original. Resolved once: either
-        # way it is the original.
-        monkey = sys.modules.get("gevent.monkey")
-        _poll = monkey.get_original("select", "poll") if monkey else select.poll
-    poller = _poll()
-    poller.register(fd, select.POLLIN | select.POLLPRI)
-    return poller
 
 
 def is_open(raw: Any) -> bool:

@@ -127,7 +127,7 @@ def _calls_nothing(sql: str) -> bool:
                 return False  # qualified: a routine (or a schema's function)
             if name not in _RESERVED and (name not in _PURE or end < at):
                 return False
-        elif end and sql[end - 1] in "`\"/":
+        elif end and sql[end - 1] in '`"/':
             # `name`( or "name"( (ANSI_QUOTES), or a comment before "(": maybe a call.
             return False
         at = sql.find("(", at + 1)

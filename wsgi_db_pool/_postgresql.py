@@ -6,8 +6,6 @@ It implements ``_dialect.Dialect``, as ``_mysql`` does.
 from __future__ import annotations
 
 import re
-import select
-import sys
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -89,12 +87,7 @@ def reachable(settings: dict[str, Any]) -> bool | None:
 
 
 def _readable(fd: int) -> bool:
-    # The original poll, not gevent's: a zero-timeout check must not yield.
-    monkey = sys.modules.get("gevent.monkey")
-    poll = monkey.get_original("select", "poll") if monkey else select.poll
-    poller = poll()
-    poller.register(fd, select.POLLIN | select.POLLPRI)
-    return bool(poller.poll(0))
+    return bool(_sync.new_poller(fd).poll(0))
 
 
 def _broken(raw: Any) -> bool:
