@@ -1,8 +1,8 @@
 """PoolingMiddleware: lend each request pooled Django connections, take them back on close().
 
 Use it to wrap Django's WSGI application under a gevent (or threaded) WSGI server
-talking to MySQL/MariaDB or PostgreSQL (or SQLite, when named in ``aliases``). Do not use it for ASGI: Django's async views
-keep connections per task, not per greenlet.
+talking to MySQL/MariaDB or PostgreSQL (or SQLite, when named in ``aliases``). Do not
+use it for ASGI: Django's async views keep connections per task, not per greenlet.
 """
 
 from __future__ import annotations
