@@ -224,11 +224,8 @@ class AliasConnector:
             else:
                 # Sent with the next request's first command: no round trip of its own.
                 self.dialect.defer_reset(raw, guard.plan)
-        except Exception:
-            return "reset_failed"
-        except BaseException:
-            guard.interrupted()
-            raise
+        except BaseException as exc:
+            return _reset_failed(guard, exc)
         guard.dirty = False
         if wait:
             return self._finish_reset(guard, raw)
@@ -243,11 +240,8 @@ class AliasConnector:
             # The backend's own way (a method on MySQLdb, an attribute on psycopg).
             wrapper._set_autocommit(autocommit)
             wrapper.init_connection_state()
-        except Exception:
-            return "reset_failed"
-        except BaseException:
-            guard.interrupted()
-            raise
+        except BaseException as exc:
+            return _reset_failed(guard, exc)
         guard.dirty = False
         return None
 
@@ -260,3 +254,12 @@ class AliasConnector:
         raw = wrapper.connection
         if raw is not None:
             self.dialect.abort(raw)
+
+
+def _reset_failed(guard: Guard, exc: BaseException) -> str:
+    """An error from a reset discards the connection; an interrupt (gevent.Timeout,
+    GreenletExit) also drops its socket, whose replies may still come, and goes on."""
+    if isinstance(exc, Exception):
+        return "reset_failed"
+    guard.interrupted()
+    raise exc
