@@ -62,9 +62,10 @@ class PoolingMiddleware:
         reset_session: how a connection's session (user and session variables,
             temporary tables, named locks, prepared statements, the role) is cleared
             after each request, whatever SQL or routine set it: "auto" after every
-            request, as cheaply as the driver allows (with PyMySQL the reset rides on
-            the next request's first command); "always", completed before the
-            connection goes back; "never", trusting the application.
+            request that may have left any (with PyMySQL, a plain SELECT provably
+            leaves none, and the reset rides on the next request's first command);
+            "always", after every request, completed before the connection goes back;
+            "never", trusting the application.
         min_size: connections per alias opened in the background when the process
             serves its first request, one at a time, and kept open despite ``max_idle``.
         warn_hold: seconds after which a connection still (or was) held by one
