@@ -265,7 +265,7 @@ def measure_requests(
 
 def measure_pieces(stock: Stock, repeats: int, number: int) -> dict[str, Timing]:
     """The parts of one pooled request, each timed alone."""
-    from wsgi_db_pool import _django
+    from wsgi_db_pool import _lease
 
     configure_logging("filtered", open(os.devnull, "w"))  # noqa: SIM115
     middleware = PoolingMiddleware(app.application, pool_size=10, max_overflow=10)
@@ -287,17 +287,17 @@ def measure_pieces(stock: Stock, repeats: int, number: int) -> dict[str, Timing]
         connector.reset(entry.conn)
 
     def lease_empty() -> None:
-        lease = _django.Lease(middleware.pools, "/touch")
-        token = _django.current_lease.set(lease)
-        lease.finish(token)
+        lease = _lease.Lease(middleware.pools, "/touch")
+        lease.begin()
+        lease.finish()
 
     def lease_full() -> None:
         # What the middleware does around the app for a request that uses the DB:
         # lease, checkout through Django's handler (bind), reset, unbind, checkin.
-        lease = _django.Lease(middleware.pools, "/touch")
-        token = _django.current_lease.set(lease)
+        lease = _lease.Lease(middleware.pools, "/touch")
+        lease.begin()
         connections["default"]
-        lease.finish(token)
+        lease.finish()
 
     guard = entry.conn._wsgi_db_pool_guard
     # The statement Django 5.2 sends for Item.objects.get(pk=...).

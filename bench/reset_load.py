@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "reset_load.json").write_text(
         json.dumps({"summary": summary, "runs": records}, indent=1)
     )
-    print(f"\n| mode | median req/s | median ratio to never | errors | p99 ms (median) |")
+    print("\n| mode | median req/s | median ratio to never | errors | p99 ms (median) |")
     print("|---|---|---|---|---|")
     for mode in MODES:
         s = summary[mode]

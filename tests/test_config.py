@@ -140,6 +140,25 @@ def test_app_must_be_callable(app: Any) -> None:
         PoolingMiddleware(app)
 
 
+def test_a_misspelt_keyword_is_named_with_the_known_ones() -> None:
+    with pytest.raises(TypeError, match=r"unexpected keyword argument 'pool_sise'.*pool_size"):
+        PoolingMiddleware(_app, pool_sise=3)  # type: ignore[call-arg]
+
+
+def test_the_readme_states_the_defaults_of_poolconfig() -> None:
+    """PoolConfig holds the defaults; the README's settings table must say the same."""
+    import dataclasses
+    import re
+    from pathlib import Path
+
+    from wsgi_db_pool.config import PoolConfig
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    stated = dict(re.findall(r"^\| `(\w+)` \| `([^`]+)`", readme, re.MULTILINE))
+    for field in dataclasses.fields(PoolConfig):
+        assert stated.get(field.name) == repr(field.default).replace("'", '"'), field.name
+
+
 def test_settings_are_keyword_only() -> None:
     """Settings cannot be passed by position."""
     with pytest.raises(TypeError, match="positional"):

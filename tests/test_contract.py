@@ -398,6 +398,42 @@ def test_pymysql_connection_internals(server: Server) -> None:
         conn._force_close()
 
 
+def test_every_pymysql_cursor_sends_through_connection_query(server: Server) -> None:
+    """ "auto" skips the reset after clean requests by watching Connection.query (see
+    _mysql_clean.watch): every cursor, and callproc, must send through it, and the
+    session changes made without it must be the methods the watch wraps."""
+    from wsgi_db_pool import _mysql_clean
+
+    conn = _connect()
+    try:
+        seen = _mysql_clean.watch(conn)
+        assert seen.clean
+        for cursor_class in (pymysql.cursors.Cursor, pymysql.cursors.SSCursor):
+            with conn.cursor(cursor_class) as cursor:
+                cursor.execute("SELECT 1")
+                cursor.fetchall()
+        assert seen.clean
+        with conn.cursor() as cursor:
+            cursor.execute("SELECT %s", ["@x"])  # a value that looks like a variable
+        assert not seen.clean
+        seen.clean = True
+        with conn.cursor() as cursor:
+            cursor.executemany("SELECT %s", [(1,), (2,)])
+        assert seen.clean  # plain SELECTs, one query each
+        seen.clean = True
+        conn.select_db(DB_NAME)
+        assert not seen.clean
+        seen.clean = True
+        conn.set_character_set("utf8mb4")
+        assert not seen.clean
+        # callproc sends SET @_name_0 and CALL through query().
+        assert "self._query" in inspect.getsource(pymysql.cursors.Cursor.callproc)
+        assert "conn.query(" in inspect.getsource(pymysql.cursors.Cursor._query)
+        assert "conn.query(" in inspect.getsource(pymysql.cursors.SSCursor._query)
+    finally:
+        conn.close()
+
+
 def test_server_status_flags(server: Server) -> None:
     """server_status carries the IN_TRANS and AUTOCOMMIT bits of each OK packet."""
     assert SERVER_STATUS.SERVER_STATUS_IN_TRANS == 1

@@ -332,26 +332,24 @@ def test_a_late_reclaim_leaves_the_running_requests_connection_bound(
     make_pooled: Callable[..., Pooled],
 ) -> None:
     """A dropped response collected during the greenlet's next request leaves that one alone."""
-    from wsgi_db_pool import _django
+    from wsgi_db_pool import _lease
 
     pooled = make_pooled(pool_size=2, max_overflow=0)
     pools = pooled.mw.pools
 
     def two_requests() -> tuple[Any, Any]:
         connections["default"] = object()  # bound before any request: set aside
-        first = _django.Lease(pools, "/first", False)
-        first.set_aside()
-        token = _django.current_lease.set(first)
+        first = _lease.Lease(pools, "/first", False)
+        first.begin()
         connections["default"].ensure_connection()
-        _django.current_lease.reset(token)  # its response is dropped, never closed
-        second = _django.Lease(pools, "/second", False)
-        second.set_aside()
-        token = _django.current_lease.set(second)
+        _lease.current_lease.reset(first.token)  # its response is dropped, never closed
+        second = _lease.Lease(pools, "/second", False)
+        second.begin()
         mine = connections["default"]
         mine.ensure_connection()
         first.reclaim()  # the dropped response is collected now
         seen = connections["default"]
-        second.finish(token)
+        second.finish()
         return mine, seen
 
     mine, seen = gevent.spawn(two_requests).get()

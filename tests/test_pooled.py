@@ -164,13 +164,13 @@ def test_blocks_in_a_long_lived_greenlet_do_not_accumulate(
     make_pooled: Callable[..., Pooled], server: Server
 ) -> None:
     """pooled() blocks that end normally leave nothing behind on the greenlet that ran them."""
-    from wsgi_db_pool import _django
+    from wsgi_db_pool import _lease
 
     pooled = make_pooled(pool_size=1, max_overflow=0)
 
     def leases() -> int:
         gc.collect()
-        return sum(type(obj) is _django.Lease for obj in gc.get_objects())
+        return sum(type(obj) is _lease.Lease for obj in gc.get_objects())
 
     def worker() -> None:
         before = leases()

@@ -15,7 +15,7 @@ from django.db import connections, transaction
 import wsgi_db_pool
 from tests.app.models import Item
 from tests.conftest import OTHER_USER, Pooled, Server, events
-from wsgi_db_pool import _django
+from wsgi_db_pool import _lease
 
 
 class Rollback(Exception):
@@ -150,7 +150,7 @@ def test_a_pooled_wrapper_left_bound_is_not_joined(pooled: Pooled, server: Serve
     def serve_then_call_helper() -> tuple[int, int]:
         exchange = pooled.start("/read/")  # served here; the server never closes it
         served = int(exchange.read_rest().decode().split(":")[1].strip(" }"))
-        lease = _django.current_lease.get()
+        lease = _lease.current_lease.get()
         assert lease is not None
         gevent.spawn(lease.reclaim).join()
         assert connections["default"].connection is not None  # still bound here

@@ -38,13 +38,18 @@ BODIES = {
 }
 # The key of /probe-session/'s answer that shows each kind.
 SHOWN_AS = {kind: kind for kind in BODIES} | {"user_variable_into": "user_variable"}
-WAYS = ("direct", "function", "procedure", "trigger")
+WAYS = ("direct", "function", "procedure", "trigger", "view")
 # MariaDB refuses dynamic SQL (PREPARE) in stored functions and triggers, and USE in any
 # stored program.
 IMPOSSIBLE = {
     ("prepared_statement", "function"),
     ("prepared_statement", "trigger"),
+    ("prepared_statement", "view"),
+    # A view runs its function in the definer's security context, whose role MariaDB
+    # puts back when the statement ends: nothing to leak.
+    ("role", "view"),
     ("database", "function"),
+    ("database", "view"),
     ("database", "procedure"),
     ("database", "trigger"),
 }
@@ -69,6 +74,16 @@ def _ddl(way: str, body: str) -> tuple[list[str], list[str]]:
             ],
             [f"DROP FUNCTION IF EXISTS {DB_NAME}.leak_f"],
         )
+    if way == "view":
+        # A plain SELECT from a view whose definition calls the function.
+        create, drop = _ddl("function", body)
+        return (
+            [
+                *create,
+                f"CREATE DEFINER={DEFINER} VIEW {DB_NAME}.leak_v AS SELECT {DB_NAME}.leak_f() AS x",
+            ],
+            [f"DROP VIEW IF EXISTS {DB_NAME}.leak_v", *drop],
+        )
     if way == "procedure":
         return (
             [f"CREATE DEFINER={DEFINER} PROCEDURE {DB_NAME}.leak_p() BEGIN {body}; END"],
@@ -91,6 +106,7 @@ CALLS = {
     "function": "SELECT leak_f()",
     "procedure": "CALL leak_p()",
     "trigger": "INSERT INTO leak_t (v) VALUES (1)",
+    "view": "SELECT x FROM leak_v",
 }
 
 
@@ -201,3 +217,61 @@ def test_variable_from_a_trigger_is_gone(
     second = pooled.json("/probe-session/")
     assert second["conn_id"] == first["conn_id"]
     assert second["user_variable"] == [None, None]
+
+
+# -- "auto" skips the reset after a request that provably left nothing -------------------
+
+
+def test_a_clean_read_skips_the_reset(make_pooled: Callable[..., Pooled]) -> None:
+    """Two plain SELECT requests on one connection: no COM_RESET_CONNECTION between them
+    (it would zero the session's counters), so the primary-key read pays none."""
+    pooled = make_pooled(pool_size=1, max_overflow=0)
+    first = pooled.json("/session-counter/")
+    second = pooled.json("/session-counter/")
+    assert second["conn_id"] == first["conn_id"]
+    assert second["selects"] > first["selects"]
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        pytest.param("SELECT leak_f()", id="function"),
+        pytest.param("SELECT x FROM leak_v", id="view"),
+        pytest.param("SELECT 1 INTO @x", id="into-variable"),
+        pytest.param("SELECT GET_LOCK('wsgi_db_pool_clean', 0)", id="get_lock"),
+        pytest.param("SELECT `leak_f`()", id="quoted-function"),
+    ],
+)
+def test_a_read_that_may_leave_state_is_reset(
+    make_pooled: Callable[..., Pooled],
+    routines: Callable[[list[str], list[str]], None],
+    sql: str,
+) -> None:
+    """A SELECT that calls a routine, reads a view or sets anything is followed by the
+    reset: the next request's session counts only its own SELECT."""
+    routines(*_ddl("view", "SET @secret = 'alice-token'"))
+    pooled = make_pooled(pool_size=1, max_overflow=0)
+    before = pooled.json("/session-counter/")
+    pooled.json("/run-sql/", sql=sql)
+    after = pooled.json("/session-counter/")
+    assert after["conn_id"] == before["conn_id"]
+    assert after["selects"] == 1
+
+
+def test_a_view_made_after_the_connection_is_seen_by_the_next_connection(
+    make_pooled: Callable[..., Pooled],
+    routines: Callable[[list[str], list[str]], None],
+) -> None:
+    """Views are read at connect: one made later is known to connections made after it
+    (the documented window; max_age bounds it)."""
+    pooled = make_pooled(pool_size=1, max_overflow=0, reset_session="auto")
+    first = pooled.json("/session-counter/")
+    routines(*_ddl("view", "SET @secret = 'alice-token'"))
+    pooled.mw.pools["default"].close()  # every connection made again from here
+    pooled.mw.pools["default"]._reset_state()
+    fresh = pooled.json("/session-counter/")
+    assert fresh["conn_id"] != first["conn_id"]
+    pooled.json("/run-sql/", sql="SELECT x FROM leak_v")
+    after = pooled.json("/probe-session/")
+    assert after["conn_id"] == fresh["conn_id"]
+    assert after["user_variable"] == [None, None]

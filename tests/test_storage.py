@@ -16,7 +16,7 @@ from asgiref.local import Local
 from django.db import connections
 from django.db.utils import ConnectionHandler
 
-from wsgi_db_pool import _django, _storage
+from wsgi_db_pool import _storage
 
 from .test_contract import _Counting
 
@@ -25,10 +25,10 @@ from .test_contract import _Counting
 def handler(monkeypatch: pytest.MonkeyPatch) -> ConnectionHandler:
     """A handler of Django's own, as the middleware leaves `connections`."""
     handler = ConnectionHandler()
-    monkeypatch.setattr(_django, "_handler", handler)
-    _django.install_storage()
+    monkeypatch.setattr(_storage, "_handler", handler)
+    _storage.install_storage()
     assert type(handler._connections) is _storage.storage_type()
-    assert _django.fix_storage() is False  # nothing to fix: greenlet-local already
+    assert _storage.fix_storage() is False  # nothing to fix: greenlet-local already
     return handler
 
 
@@ -93,14 +93,14 @@ def test_inside_an_event_loop_bindings_are_per_context(handler: ConnectionHandle
 def test_carries_over_this_greenlets_bindings(monkeypatch: pytest.MonkeyPatch) -> None:
     """Made where the middleware is made: what this greenlet bound stays bound, once."""
     handler = ConnectionHandler()
-    monkeypatch.setattr(_django, "_handler", handler)
+    monkeypatch.setattr(_storage, "_handler", handler)
     wrapper = object()
     handler["default"] = wrapper
-    _django.install_storage()
+    _storage.install_storage()
     storage = handler._connections
     assert type(storage) is _storage.storage_type()
     assert handler["default"] is wrapper
-    _django.install_storage()  # idempotent
+    _storage.install_storage()  # idempotent
     assert handler._connections is storage
     assert handler["default"] is wrapper
 
@@ -110,10 +110,10 @@ def test_a_request_never_replaces_a_greenlet_local_storage(
 ) -> None:
     """The first request leaves Django's greenlet-local storage alone: others' bindings stay."""
     handler = ConnectionHandler()
-    monkeypatch.setattr(_django, "_handler", handler)
+    monkeypatch.setattr(_storage, "_handler", handler)
     storage = handler._connections
     handler["default"] = mine = object()
-    assert gevent.spawn(_django.fix_storage).get() is False
+    assert gevent.spawn(_storage.fix_storage).get() is False
     assert handler._connections is storage
     assert handler["default"] is mine
 
@@ -126,8 +126,8 @@ def test_a_storage_shared_by_every_greenlet_is_replaced_and_reported(
     shared = Local(thread_critical=True)
     object.__setattr__(shared, "_storage", gevent.monkey.get_original("threading", "local")())
     handler._connections = shared
-    monkeypatch.setattr(_django, "_handler", handler)
+    monkeypatch.setattr(_storage, "_handler", handler)
     handler["default"] = stale = object()
-    assert _django.fix_storage() is True
+    assert _storage.fix_storage() is True
     assert type(handler._connections) is _storage.storage_type()
     assert not hasattr(handler._connections, "default"), stale

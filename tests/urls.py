@@ -52,5 +52,6 @@ urlpatterns += [path("lost-then-retry/", views.lost_then_retry)]  # test_availab
 urlpatterns += [
     path("run-sql/", views.run_sql),
     path("probe-session/", views.probe_session),
+    path("session-counter/", views.session_counter),
 ]  # tests/test_session_state.py
 urlpatterns += [path("echo/", views.echo)]  # tests/faults/test_isolation.py

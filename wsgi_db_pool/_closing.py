@@ -16,7 +16,7 @@ class Holder(Protocol):
 
     unavailable: BaseException | None
 
-    def finish(self, token: Any) -> None: ...
+    def finish(self) -> None: ...
     def reclaim(self) -> None: ...
 
 
@@ -37,12 +37,11 @@ def unavailable(retry_after: int) -> tuple[str, list[tuple[str, str]], list[byte
 class Response:
     """Passes the app's ``start_response`` and body through; ``close()`` gives back."""
 
-    __slots__ = ("_body", "_holder", "_iterable", "_retry_after", "_start_response", "_token")
+    __slots__ = ("_body", "_holder", "_iterable", "_retry_after", "_start_response")
 
-    def __init__(self, start_response: Any, holder: Holder, token: Any, retry_after: int) -> None:
+    def __init__(self, start_response: Any, holder: Holder, retry_after: int) -> None:
         self._start_response = start_response
         self._holder: Holder | None = holder
-        self._token = token
         self._retry_after = retry_after
         self._iterable: Iterable[bytes] = ()
         self._body: list[bytes] | None = None
@@ -76,7 +75,7 @@ class Response:
             if close is not None:
                 close()
         finally:
-            holder.finish(self._token)
+            holder.finish()
 
     def __del__(self) -> None:
         # The server dropped the response without closing it: nothing will give the

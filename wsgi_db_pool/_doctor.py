@@ -207,7 +207,8 @@ def _plan(args: argparse.Namespace, from_app: Any) -> Plan:
 
 def _load_app(spec: str) -> Any:
     """The PoolingMiddleware behind ``MODULE:NAME``."""
-    from .middleware import PoolingMiddleware, live_middlewares
+    from ._registry import open_middlewares
+    from .middleware import PoolingMiddleware
 
     module_name, _, name = spec.partition(":")
     try:
@@ -221,7 +222,7 @@ def _load_app(spec: str) -> Any:
         seen += 1
     if isinstance(obj, PoolingMiddleware):
         return obj
-    found = [m for m in live_middlewares() if not m.closed]
+    found = open_middlewares()
     if len(found) == 1:
         return found[0]
     raise CannotCheck(
@@ -503,14 +504,14 @@ def check(plan: Plan, settings_module: str) -> Report:
     """Run every check for ``plan`` against the configured servers."""
     from django.db import connections
 
-    from . import _django
+    from . import _aliases
 
     report = Report(settings_module)
     try:
         aliases = (
-            list(_django.resolve_aliases(plan.aliases))
+            list(_aliases.resolve_aliases(plan.aliases))
             if plan.aliases is not None
-            else _django.poolable_aliases()
+            else _aliases.poolable_aliases()
         )
     except (TypeError, ValueError) as exc:
         raise CannotCheck(str(exc)) from exc

@@ -8,12 +8,11 @@ path: COM_CHANGE_USER at checkin and a ping for every check.
 from __future__ import annotations
 
 import re
-import select
 import sys
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from . import _sync
+from . import _mysql_clean, _sync
 
 # The connection is gone: server shutdown (1927, 4031 idle kill), gone away (2006),
 # lost during query (2013), out of sync (2014), packet errors after a cut (2045, 2055).
@@ -106,7 +105,6 @@ def reachable(settings: dict[str, Any]) -> bool | None:
     return _sync.tcp_reachable(host or "localhost", port, timeout)
 
 
-_poll: Any = None
 _NO_SOCKET: Any = object()
 
 
@@ -125,24 +123,11 @@ def is_quiet(raw: Any) -> bool:
     cached = raw.__dict__.get("_wsgi_db_pool_poller")
     try:
         if cached is None or cached[0] is not sock:
-            cached = (sock, _new_poller(sock.fileno()))
+            cached = (sock, _sync.new_poller(sock.fileno()))
             raw._wsgi_db_pool_poller = cached
         return not cached[1].poll(0)
     except (OSError, ValueError):
         return False
-
-
-def _new_poller(fd: int) -> Any:
-    global _poll
-    if _poll is None:
-        # gevent replaces select.poll with one that waits on its hub; a zero-timeout
-        # check must not give up the CPU, so use the original. Resolved once: either
-        # way it is the original.
-        monkey = sys.modules.get("gevent.monkey")
-        _poll = monkey.get_original("select", "poll") if monkey else select.poll
-    poller = _poll()
-    poller.register(fd, select.POLLIN | select.POLLPRI)
-    return poller
 
 
 def is_open(raw: Any) -> bool:
@@ -463,6 +448,14 @@ def defer_reset(raw: Any, plan: ResetPlan) -> None:
     raw._write_bytes = write_after_reset
     raw._read_packet = read_after_reset
     raw.server_status = plan.status
+
+
+def watch_statements(raw: Any) -> _mysql_clean.StatementWatch | None:
+    """Watch what ``raw`` sends, so that "auto" skips the reset after clean requests;
+    None where the driver is not PyMySQL (its statements are not seen)."""
+    if not all(hasattr(raw, name) for name in _PYMYSQL_INTERNALS):
+        return None
+    return _mysql_clean.watch(raw)
 
 
 def reset_deferred(raw: Any) -> bool:

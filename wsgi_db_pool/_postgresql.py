@@ -1,14 +1,11 @@
 """PostgreSQL specifics (psycopg 3, or psycopg2): errors that mean "gone", the checks, the reset.
 
-The same functions as ``_mysql``, so that ``_django`` can use either module as the
-alias's dialect.
+It implements ``_dialect.Dialect``, as ``_mysql`` does.
 """
 
 from __future__ import annotations
 
 import re
-import select
-import sys
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -90,12 +87,7 @@ def reachable(settings: dict[str, Any]) -> bool | None:
 
 
 def _readable(fd: int) -> bool:
-    # The original poll, not gevent's: a zero-timeout check must not yield.
-    monkey = sys.modules.get("gevent.monkey")
-    poll = monkey.get_original("select", "poll") if monkey else select.poll
-    poller = poll()
-    poller.register(fd, select.POLLIN | select.POLLPRI)
-    return bool(poller.poll(0))
+    return bool(_sync.new_poller(fd).poll(0))
 
 
 def _broken(raw: Any) -> bool:
@@ -271,3 +263,8 @@ def reset_session(raw: Any, params: dict[str, Any], sql: str = "DISCARD ALL") ->
     _set_autocommit(raw, True)  # DISCARD ALL cannot run in a transaction
     with raw.cursor() as cursor:
         cursor.execute(sql)
+
+
+def watch_statements(raw: Any) -> None:
+    """No statement is proved clean here: "auto" resets after every request."""
+    return None

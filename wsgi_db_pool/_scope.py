@@ -18,11 +18,14 @@ from __future__ import annotations
 import functools
 import sys
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
-from . import _django, _events
+from django.db import connections
+
+from . import _events, _registry, _storage, _sync
+from ._lease import Lease, current_lease
 
 if TYPE_CHECKING:
     from .middleware import PoolingMiddleware
@@ -32,9 +35,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def _the_middleware() -> PoolingMiddleware | None:
     """The one open PoolingMiddleware of the process, or None when there is none."""
-    from .middleware import live_middlewares
-
-    found = [m for m in live_middlewares() if not m.closed]
+    found = _registry.open_middlewares()
     if len(found) > 1:
         # Their pools differ in size and aliases: picking one would be a guess.
         raise RuntimeError(
@@ -47,37 +48,35 @@ def _the_middleware() -> PoolingMiddleware | None:
 class PooledScope:
     """A block in which pooled aliases check out from the pools; see ``pooled()``."""
 
-    __slots__ = ("_lease", "_middleware", "_token", "_unpooled", "_where")
+    __slots__ = ("_lease", "_middleware", "_unpooled", "_where")
 
     def __init__(self, middleware: PoolingMiddleware | None, where: str | None) -> None:
         self._middleware = middleware
         self._where = where
-        self._lease: _django.Lease | None = None
-        self._token: Any = None
-        self._unpooled: _django.Unpooled | None = None
+        self._lease: Lease | None = None
+        self._unpooled: Unpooled | None = None
 
     def __enter__(self) -> None:
-        current = _django.current_lease.get()
+        current = current_lease.get()
         if current is not None and current.wants_any():
             return  # inside a request or an outer pooled(): share its checkouts
         middleware = self._middleware or _the_middleware()
         where = self._where or _caller()
         if middleware is None:
-            self._unpooled = _django.Unpooled()
+            self._unpooled = Unpooled()
             _events.resolve(None).debug(
                 "db_pool.unpooled", where=where, reason="no open PoolingMiddleware"
             )
             return
         pools = middleware.pools
-        joined = _django.joined_aliases(pools)
+        joined = joined_aliases(pools)
         if joined:
             pools = {alias: pool for alias, pool in pools.items() if alias not in joined}
             if not pools:
                 return  # every alias already in use here: nothing to check out
-        lease = _django.Lease(pools, where)
-        lease.set_aside()
+        lease = Lease(pools, where)
+        lease.begin()
         self._lease = lease
-        self._token = _django.current_lease.set(lease)
         _reclaim_when_owner_dies(lease)
 
     def __call__(self, func: F) -> F:
@@ -96,7 +95,7 @@ class PooledScope:
         lease, self._lease = self._lease, None
         if lease is not None:
             unwatch(lease)
-            lease.finish(self._token)
+            lease.finish()
 
 
 @overload
@@ -143,7 +142,7 @@ def _caller() -> str:
 _watched: dict[int, Any] = {}
 
 
-def _reclaim_when_owner_dies(lease: _django.Lease) -> None:
+def _reclaim_when_owner_dies(lease: Lease) -> None:
     # A greenlet that ends while still holding a lease will never give it back;
     # reclaim its connections then (no I/O, no lock: see Pool.reclaim).
     greenlet = sys.modules.get("greenlet")
@@ -172,7 +171,7 @@ def _reclaim_when_owner_dies(lease: _django.Lease) -> None:
     lease.keepalive = key
 
 
-def unwatch(lease: _django.Lease) -> None:
+def unwatch(lease: Lease) -> None:
     """The lease ended normally: stop watching its owner."""
     watch, lease.keepalive = lease.keepalive, None
     if isinstance(watch, tuple):
@@ -180,3 +179,72 @@ def unwatch(lease: _django.Lease) -> None:
         owner.unlink(ended)
     elif watch is not None:
         _watched.pop(watch, None)
+
+
+# -- what this thread already holds ---------------------------------------------------
+
+
+def joined_aliases(aliases: Iterable[str]) -> frozenset[str]:
+    """Of ``aliases``, those whose wrapper bound here is connected or inside ``atomic()``.
+
+    ``pooled()`` runs on these instead of checking out: a transaction the caller began
+    (its own ``atomic()``, a ``TestCase``'s) must see what the block writes and undo it
+    on rollback. A bound wrapper that never connected (``django.setup()`` binds one
+    while it loads models) holds nothing to join.
+    """
+    bound = _storage.bound()
+    if not bound:
+        return frozenset()
+    return frozenset(alias for alias in aliases if _in_use(bound.get(alias)))
+
+
+def _in_use(wrapper: Any) -> bool:
+    if wrapper is None or hasattr(wrapper, "_wsgi_db_pool_guard"):
+        # A pooled wrapper bound outside any lease was left by one reclaimed from
+        # another greenlet (its socket dropped): never the caller's own to join.
+        return False
+    return _busy(wrapper)
+
+
+def _busy(wrapper: Any) -> bool:
+    return wrapper.connection is not None or bool(wrapper.in_atomic_block)
+
+
+class Unpooled:
+    """A ``pooled()`` block run on Django's own connections, with no pool in the process.
+
+    Made when the block begins; ``end()`` closes what the block connected and unbinds
+    what it bound, so a spawned greenlet strands no connection (nothing else would
+    close it: Django does that only at the end of a request). Connections the thread
+    held before the block are left as they were: the block joined them.
+    """
+
+    __slots__ = ("bound", "in_use", "owner")
+
+    def __init__(self) -> None:
+        bound = _storage.bound()
+        self.owner = _sync.get_ident()
+        self.bound = dict(bound)
+        # Whatever had a connection stays as it was, even a leftover pooled wrapper.
+        self.in_use = {alias for alias, wrapper in bound.items() if _busy(wrapper)}
+
+    def end(self) -> None:
+        """Close what the block connected, unbind what it bound; the first error comes last."""
+        if self.owner != _sync.get_ident():
+            return  # ended from elsewhere: this thread's storage is out of reach
+        bound = _storage.bound()
+        error: BaseException | None = None
+        for alias in [alias for alias in bound if alias in connections.settings]:
+            if alias in self.in_use:
+                continue
+            try:
+                bound[alias].close()
+            except BaseException as exc:  # Django dropped it all the same; close the others
+                error = error or exc
+            before = self.bound.get(alias)
+            if before is None:
+                del bound[alias]
+            else:
+                bound[alias] = before
+        if error is not None:
+            raise error

@@ -1,7 +1,7 @@
 """SQLite specifics: a file on this machine, so nothing is ever "gone" or unreachable.
 
-The same functions as ``_mysql``, so that ``_django`` can use either module as the
-alias's dialect. An in-memory database is refused by ``_django.resolve_aliases``.
+It implements ``_dialect.Dialect``. An in-memory database is refused by
+``_aliases.resolve_aliases``.
 """
 
 from __future__ import annotations
@@ -78,4 +78,21 @@ def reset_session(raw: Any, params: dict[str, Any]) -> None:
 
 def plan_reset(raw: Any, statements: Callable[[], list[str]], autocommit: bool) -> None:
     """Nothing to send ahead: a connection that needs a reset is discarded."""
+    return None
+
+
+def _no_plan(*args: Any) -> Any:
+    # plan_reset never makes one, so the connector never sends, defers or reads a reset.
+    raise NotImplementedError("SQLite has no planned reset")
+
+
+send_reset = defer_reset = finish_reset = _no_plan
+
+
+def reset_deferred(raw: Any) -> bool:
+    return False
+
+
+def watch_statements(raw: Any) -> None:
+    """No statement is proved clean here: "auto" resets after every request."""
     return None

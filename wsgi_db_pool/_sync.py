@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import _thread
 import contextlib
+import select
 import socket
 import sys
 import threading
@@ -163,3 +164,21 @@ class _GreenWakeup:
             self._waiter.get()
         finally:
             timer.close()
+
+
+_poll: Any = None
+
+
+def new_poller(fd: int) -> Any:
+    """A poll object on ``fd`` for readability, from the original ``select.poll``.
+
+    gevent replaces select.poll with one that waits on its hub; a zero-timeout check
+    must not give up the CPU. Resolved once: either way it is the original.
+    """
+    global _poll
+    if _poll is None:
+        monkey = sys.modules.get("gevent.monkey")
+        _poll = monkey.get_original("select", "poll") if monkey else select.poll
+    poller = _poll()
+    poller.register(fd, select.POLLIN | select.POLLPRI)
+    return poller

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any, TypedDict
 
-__all__ = ["RESET_SESSION", "PoolConfig"]
+__all__ = ["RESET_SESSION", "PoolConfig", "PoolSettings"]
 
 #: auto: reset a session when its statements may have left state; always; never.
 RESET_SESSION = ("auto", "always", "never")
@@ -87,6 +89,18 @@ class PoolConfig:
                 f"not {self.reset_session!r}"
             )
 
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any]) -> PoolConfig:
+        """From the middleware's keyword arguments; an unknown one is named with the known."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(settings) - known)
+        if unknown:
+            raise TypeError(
+                f"PoolingMiddleware() got an unexpected keyword argument {unknown[0]!r}; "
+                f"known: aliases, logger, {', '.join(f.name for f in fields(cls))}"
+            )
+        return cls(**settings)
+
     @property
     def cap(self) -> int:
         """The most connections open at once per alias in one process."""
@@ -115,3 +129,21 @@ class PoolConfig:
             if x is not None
         ]
         return max(min([30.0, *(x / 2 for x in limits)]), 0.05)
+
+
+class PoolSettings(TypedDict, total=False):
+    """``PoolingMiddleware``'s pool settings, for type checkers; defaults in PoolConfig."""
+
+    pool_size: int
+    max_overflow: int
+    timeout: float
+    max_age: float | None
+    max_idle: float | None
+    overflow_max_idle: float | None
+    pre_ping: bool | float
+    retry_after: int
+    max_waiting: int | None
+    reset_session: str
+    min_size: int
+    warn_hold: float | None
+    capture_stack: bool

@@ -1,53 +1,36 @@
 """PoolingMiddleware: lend each request pooled Django connections, take them back on close().
 
 Use it to wrap Django's WSGI application under a gevent (or threaded) WSGI server
-talking to MySQL/MariaDB or PostgreSQL. Do not use it for ASGI: Django's async views
-keep connections per task, not per greenlet.
+talking to MySQL/MariaDB or PostgreSQL (or SQLite, when named in ``aliases``). Do not
+use it for ASGI: Django's async views keep connections per task, not per greenlet.
 """
 
 from __future__ import annotations
 
-import atexit
-import os
 import sys
 import threading
 import weakref
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from . import _django, _events
+from . import _events, _registry, _storage
+from ._aliases import resolve_aliases
 from ._closing import Response, unavailable
+from ._connector import AliasConnector
+from ._lease import Lease, install
 from ._scope import PooledScope
 from .config import PoolConfig
 from .pool import Pool
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+    from typing_extensions import Unpack
 
-__all__ = ["PoolingMiddleware"]
+    from .config import PoolSettings
 
-_live: weakref.WeakSet[PoolingMiddleware] = weakref.WeakSet()
+__all__ = ["PoolingMiddleware", "live_middlewares"]
 
-
-def live_middlewares() -> list[PoolingMiddleware]:
-    """Every PoolingMiddleware alive in this process."""
-    return list(_live)
-
-
-def _after_fork_in_child() -> None:
-    for middleware in list(_live):
-        middleware._after_fork()
-
-
-def _close_all_at_exit() -> None:
-    # Idle connections get a COM_QUIT instead of a dropped socket, which the server
-    # would count as an aborted client.
-    for middleware in list(_live):
-        middleware.close()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
-atexit.register(_close_all_at_exit)
+live_middlewares = _registry.live_middlewares  # kept for callers of 0.1
 
 
 class PoolingMiddleware:
@@ -79,9 +62,10 @@ class PoolingMiddleware:
         reset_session: how a connection's session (user and session variables,
             temporary tables, named locks, prepared statements, the role) is cleared
             after each request, whatever SQL or routine set it: "auto" after every
-            request, as cheaply as the driver allows (with PyMySQL the reset rides on
-            the next request's first command); "always", completed before the
-            connection goes back; "never", trusting the application.
+            request that may have left any (with PyMySQL, a plain SELECT provably
+            leaves none, and the reset rides on the next request's first command);
+            "always", after every request, completed before the connection goes back;
+            "never", trusting the application.
         min_size: connections per alias opened in the background when the process
             serves its first request, one at a time, and kept open despite ``max_idle``.
         warn_hold: seconds after which a connection still (or was) held by one
@@ -96,70 +80,44 @@ class PoolingMiddleware:
         app: WSGIApplication,
         *,
         aliases: Iterable[str] | None = None,
-        pool_size: int = 10,
-        max_overflow: int = 10,
-        timeout: float = 30.0,
-        max_age: float | None = 60 * 60.0,
-        max_idle: float | None = 10 * 60.0,
-        overflow_max_idle: float | None = 30.0,
-        pre_ping: bool | float = 60.0,
-        retry_after: int = 5,
-        max_waiting: int | None = None,
-        reset_session: str = "auto",
-        min_size: int = 0,
-        warn_hold: float | None = None,
-        capture_stack: bool = False,
         logger: Any = None,
+        **settings: Unpack[PoolSettings],
     ) -> None:
         if not callable(app):
             raise TypeError(f"app must be a WSGI application (a callable), not {app!r}")
         self.app = app
-        self.config = PoolConfig(
-            pool_size=pool_size,
-            max_overflow=max_overflow,
-            timeout=timeout,
-            max_age=max_age,
-            max_idle=max_idle,
-            overflow_max_idle=overflow_max_idle,
-            pre_ping=pre_ping,
-            retry_after=retry_after,
-            max_waiting=max_waiting,
-            reset_session=reset_session,
-            min_size=min_size,
-            warn_hold=warn_hold,
-            capture_stack=capture_stack,
-        )
+        # The defaults live in PoolConfig alone; it names an unknown keyword.
+        self.config = config = PoolConfig.from_settings(settings)
         _events.check_logger(logger)
-        self.aliases = _django.resolve_aliases(aliases)
+        self.aliases = resolve_aliases(aliases)
         self._logger = logger
         log = _events.resolve(logger)
         self._pools = {
             alias: Pool(
-                alias, _django.AliasConnector(alias, reset_session, timeout), self.config, log
+                alias, AliasConnector(alias, config.reset_session, config.timeout), config, log
             )
             for alias in self.aliases
         }
         self._log = log
-        self._retry_after = retry_after
-        self._capture_stack = capture_stack
+        self._retry_after = config.retry_after
+        self._capture_stack = config.capture_stack
         self._ready = False
         self._stop: threading.Event | None = None
-        _django.install()
-        _django.install_storage()
-        _live.add(self)
+        install()
+        _storage.install_storage()
+        _registry.register(self)
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         if not self._ready:
             self._prepare()
-        lease = _django.Lease(self._pools, environ.get("PATH_INFO"), self._capture_stack)
-        lease.set_aside()
-        token = _django.current_lease.set(lease)
-        response = Response(start_response, lease, token, self._retry_after)
+        lease = Lease(self._pools, environ.get("PATH_INFO"), self._capture_stack)
+        lease.begin()
+        response = Response(start_response, lease, self._retry_after)
         try:
             result = self.app(environ, response.start_response)
         except BaseException:
             # No iterable, so nobody will call close(): give back here.
-            lease.finish(token)
+            lease.finish()
             if lease.unavailable is not None:
                 status, headers, body = unavailable(self._retry_after)
                 start_response(status, headers, sys.exc_info())
@@ -171,7 +129,7 @@ class PoolingMiddleware:
 
     def _prepare(self) -> None:
         """First request in this process: after any fork and after gevent's patching."""
-        if _django.fix_storage():
+        if _storage.fix_storage():
             self._log.warning(
                 "db_pool.storage_rebound",
                 detail="django.db was imported before gevent patched threading; "

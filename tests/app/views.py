@@ -616,6 +616,18 @@ def run_sql(request: HttpRequest) -> HttpResponse:
     return JsonResponse({"conn_id": _vendor_conn_id(alias)})
 
 
+def session_counter(request: HttpRequest) -> HttpResponse:
+    """The connection's id and its session's count of SELECTs, in one plain SELECT: a
+    COM_RESET_CONNECTION between two requests zeroes the count."""
+    with connections["default"].cursor() as cursor:
+        cursor.execute(
+            "SELECT CONNECTION_ID(), VARIABLE_VALUE FROM information_schema.SESSION_STATUS"
+            " WHERE VARIABLE_NAME = 'COM_SELECT'"
+        )
+        conn_id, selects = cursor.fetchone()
+    return JsonResponse({"conn_id": conn_id, "selects": int(selects)})
+
+
 def _runs(cursor: Any, sql: str) -> bool:
     try:
         cursor.execute(sql)

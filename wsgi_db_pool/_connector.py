@@ -1,0 +1,265 @@
+"""AliasConnector: makes, checks, resets and closes the pooled wrappers of one alias.
+
+It is what the pool calls through its ``Connector`` protocol; the vendor's part of
+each step is the alias's dialect's.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import connections
+from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.utils import ConnectionHandler
+
+from . import _sync
+from ._aliases import dialect
+from ._guard import Guard, leave_to_pool, leave_to_pool_settings, no_silent_reconnect
+
+__all__ = ["AliasConnector"]
+
+_django_create_connection = ConnectionHandler.create_connection
+
+
+def _session_setup(wrapper: Any) -> list[str]:
+    """The statements Django's own session setup sends, recorded without sending them."""
+    recorded: list[str] = []
+
+    def record(execute: Any, sql: Any, params: Any, many: bool, context: Any) -> None:
+        if params or not isinstance(sql, str):
+            raise ValueError(f"a session setup statement with parameters: {sql!r}")
+        recorded.append(sql)
+
+    # What connect() ran once, with every feature it asked the server already cached.
+    with wrapper.execute_wrapper(record):
+        wrapper.init_connection_state()
+    return recorded
+
+
+class AliasConnector:
+    """Makes, checks, resets and closes the pooled wrappers of one alias."""
+
+    def __init__(self, alias: str, reset_session: str = "auto", timeout: float = 30.0) -> None:
+        self.alias = alias
+        self.reset_session = reset_session
+        self.timeout = timeout
+        self.dialect = dialect(alias)
+
+    def classify(self, exc: Exception) -> str:
+        kind: str = self.dialect.classify_connect_error(exc)
+        return kind
+
+    def reachable(self) -> bool | None:
+        known: bool | None = self.dialect.reachable(connections.settings[self.alias])
+        return known
+
+    def connect(self) -> Any:
+        wrapper: Any = _django_create_connection(connections, self.alias)
+        try:
+            wrapper.ensure_connection()
+            # How to reset this session later; it may ask the server (the role, the
+            # time zone the session began with), so it fails the connect as the connect would.
+            plan = self.dialect.plan_reset(
+                wrapper.connection,
+                lambda: _session_setup(wrapper),
+                wrapper.settings_dict["AUTOCOMMIT"],
+            )
+            # Watched from here on: Django's own setup above is what a reset restores.
+            watch = (
+                self.dialect.watch_statements(wrapper.connection)
+                if plan is not None and self.reset_session == "auto"
+                else None
+            )
+        except BaseException:
+            if wrapper.connection is not None:
+                self.dialect.abort(wrapper.connection)
+                wrapper.connection = None
+            raise
+        leave_to_pool_settings(wrapper)
+        wrapper.close_if_unusable_or_obsolete = leave_to_pool
+        guard = Guard(wrapper, self.dialect, plan)
+        guard.watch = watch
+        wrapper.connect = no_silent_reconnect(wrapper, guard, self.timeout)
+        for name in ("_commit", "_rollback"):
+            setattr(wrapper, name, guard.around(getattr(wrapper, name)))
+        wrapper._set_autocommit = guard.around_set_autocommit(wrapper._set_autocommit)
+        wrapper.set_autocommit = guard.around_restore(wrapper.set_autocommit)
+        wrapper.create_cursor = guard.around_create_cursor(wrapper.create_cursor)
+        wrapper._wsgi_db_pool_guard = guard
+        wrapper._wsgi_db_pool_wrappers = [guard]
+        wrapper.execute_wrappers = wrapper._wsgi_db_pool_wrappers
+        return wrapper
+
+    def check(self, wrapper: Any, ping: bool) -> str | None:
+        raw = wrapper.connection
+        if raw is None:
+            return "closed"
+        guard: Guard = wrapper._wsgi_db_pool_guard
+        if guard.pending:
+            reason = self._finish_reset(guard, raw)
+            if reason is not None:
+                return reason
+            ping = False  # the reset's replies were the round trip
+        if not self.dialect.is_quiet(raw):
+            return "broken"
+        if ping and not self.dialect.ping(raw):
+            return "broken"
+        return None
+
+    def _finish_reset(self, guard: Guard, raw: Any) -> str | None:
+        # Usually read from the socket buffer: the server answered while the previous
+        # request ended and this one began. Bounded all the same: a stalled network
+        # must not hold a checkout past the pool's timeout.
+        try:
+            with _sync.deadline(self.timeout) as timer:
+                try:
+                    self.dialect.finish_reset(raw, guard.plan, guard.pending)
+                except BaseException as exc:
+                    if timer is not None and exc is timer:
+                        guard.interrupted()
+                        return "broken"
+                    raise
+        except Exception as exc:
+            return "broken" if self.dialect.is_gone(exc) else "reset_failed"
+        except BaseException:
+            guard.interrupted()
+            raise
+        finally:
+            guard.pending = 0
+        return None
+
+    def reset(self, wrapper: Any) -> str | None:
+        """Undo what a request did to ``wrapper``; a discard reason when it cannot."""
+        guard: Guard = wrapper._wsgi_db_pool_guard
+        if guard.fault is not None:
+            return guard.fault
+        raw = wrapper.connection
+        if raw is None:
+            return "closed"
+        if not self.dialect.is_open(raw):
+            return "broken"
+        autocommit = wrapper.settings_dict["AUTOCOMMIT"]
+        mode = self.reset_session
+        if mode != "never" and guard.plan is not None:
+            # Sent now, not with the next command, when the request visibly left a lock,
+            # a temporary table or maybe a transaction (and its row locks) behind.
+            now = (
+                guard.dirty
+                or wrapper.in_atomic_block
+                or wrapper.autocommit != autocommit
+                or self.dialect.needs_rollback(raw)
+            )
+            watch = guard.watch
+            if watch is not None and watch.clean and not now:
+                pass  # every statement provably left the session as the reset would
+            else:
+                reason = self._reset_planned(guard, raw, now, wait=mode == "always")
+                if reason is not None:
+                    return reason
+                if watch is not None:
+                    watch.clean = True
+        elif mode == "always" or (
+            mode == "auto" and (guard.dirty or self.dialect.RESETS_EVERY_CHECKIN)
+        ):
+            reason = self._reset_session(guard, wrapper, raw, autocommit)
+            if reason is not None:
+                return reason
+        elif (
+            wrapper.in_atomic_block
+            or wrapper.autocommit != autocommit
+            or self.dialect.needs_rollback(raw)
+        ):
+            try:
+                # Roll back before autocommit goes back on: on MySQL, switching
+                # autocommit on commits the open transaction.
+                raw.rollback()
+                wrapper._set_autocommit(autocommit)
+            except Exception:
+                return "reset_failed"
+            except BaseException:
+                guard.interrupted()
+                raise
+        # Django's Python-side state, as a fresh connect() would leave it.
+        wrapper.autocommit = autocommit
+        wrapper.in_atomic_block = False
+        wrapper.needs_rollback = False
+        wrapper.rollback_exc = None
+        wrapper.commit_on_exit = True
+        wrapper.savepoint_state = 0
+        wrapper.closed_in_transaction = False
+        wrapper.errors_occurred = False
+        wrapper.run_commit_hooks_on_set_autocommit_on = False
+        wrapper.force_debug_cursor = False
+        if wrapper.savepoint_ids:
+            wrapper.savepoint_ids = []
+        if wrapper.atomic_blocks:
+            wrapper.atomic_blocks = []
+        if wrapper.run_on_commit:
+            wrapper.run_on_commit = []
+        if wrapper.queries_log:
+            wrapper.queries_log.clear()
+        base = wrapper._wsgi_db_pool_wrappers
+        if wrapper.execute_wrappers is not base or len(base) != 1:
+            del base[1:]
+            wrapper.execute_wrappers = base
+        return None
+
+    def _reset_planned(self, guard: Guard, raw: Any, now: bool, wait: bool) -> str | None:
+        """The reset planned at connect, whatever the request's statements were (no
+        statement's text shows what a stored function or trigger left behind): with
+        PyMySQL, COM_RESET_CONNECTION and the session's setup in one write; with
+        psycopg, DISCARD ALL's parts and Django's setup in one query, at once."""
+        if guard.pending:
+            # Never checked out since its last reset (check() reads the replies).
+            reason = self._finish_reset(guard, raw)
+            if reason is not None:
+                return reason
+        try:
+            if self.dialect.reset_deferred(raw):
+                pass  # the request sent nothing: the reset planned before still holds
+            elif now or wait:
+                # The server drops what the request left at once; the replies are
+                # read at the next checkout, or right away for "always".
+                guard.pending = self.dialect.send_reset(raw, guard.plan)
+            else:
+                # Sent with the next request's first command: no round trip of its own.
+                self.dialect.defer_reset(raw, guard.plan)
+        except BaseException as exc:
+            return _reset_failed(guard, exc)
+        guard.dirty = False
+        if wait:
+            return self._finish_reset(guard, raw)
+        return None
+
+    def _reset_session(self, guard: Guard, wrapper: Any, raw: Any, autocommit: bool) -> str | None:
+        """A reset that waits for the server, for drivers without a plan (mysqlclient);
+        SQLite's raises, and the connection is discarded instead."""
+        try:
+            # The server rolls back first, then drops the session's state.
+            self.dialect.reset_session(raw, wrapper.get_connection_params())
+            # The backend's own way (a method on MySQLdb, an attribute on psycopg).
+            wrapper._set_autocommit(autocommit)
+            wrapper.init_connection_state()
+        except BaseException as exc:
+            return _reset_failed(guard, exc)
+        guard.dirty = False
+        return None
+
+    def close(self, wrapper: BaseDatabaseWrapper) -> None:
+        raw, wrapper.connection = wrapper.connection, None
+        if raw is not None:
+            self.dialect.close(raw)
+
+    def abort(self, wrapper: BaseDatabaseWrapper) -> None:
+        raw = wrapper.connection
+        if raw is not None:
+            self.dialect.abort(raw)
+
+
+def _reset_failed(guard: Guard, exc: BaseException) -> str:
+    """An error from a reset discards the connection; an interrupt (gevent.Timeout,
+    GreenletExit) also drops its socket, whose replies may still come, and goes on."""
+    if isinstance(exc, Exception):
+        return "reset_failed"
+    guard.interrupted()
+    raise exc
