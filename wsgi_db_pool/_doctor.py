@@ -357,13 +357,14 @@ def _fewer(plan: Plan, room: int, aliases: list[str], pooled: int) -> str:
 
 def _connected(facts: dict[str, Any], report: Report) -> None:
     limit = facts["max_connections"]
+    usable = limit - facts["reserved_connections"]  # what a non-superuser may reach
     others = facts["connected"] - 1  # this check's own connection
     report.add(
         NOTE,
         "connected",
         f"connected now: {others} other connection{'s' if others != 1 else ''} "
         f"({facts['connected_name']}, without this check's own); if they are not this app's, "
-        f"{limit - others} of {limit} are free for it.",
+        f"{usable - others} of {usable} are free for it.",
         server=facts["server"],
     )
 
@@ -511,7 +512,7 @@ def check(plan: Plan, settings_module: str) -> Report:
             report.add(
                 NOTE,
                 "no_server",
-                f"alias {alias!r}: {vendor}, no server to check; its pool holds at most "
+                f"{vendor}: no server to check; its pool holds at most "
                 f"{plan.per_alias(pooled)} connection(s) per process.",
                 alias=alias,
             )

@@ -155,15 +155,17 @@ def _timeouts(options: dict[str, Any]) -> tuple[str, str]:
 
 
 def _idle_in_transaction(plan: Plan, idle: float, pooled: int) -> tuple[str, str]:
+    # A request waits for a checkout while it holds another alias only when requests can
+    # outnumber a pool's connections: not under sync, nor gthread with threads <= the cap.
+    can_wait = pooled > 1 and (plan.concurrency is None or plan.concurrency > plan.cap)
     waits = (
-        f"for another alias's checkout (up to the pool's timeout, {plan.timeout:g} s) or "
-        if pooled > 1
+        f", or for another alias's checkout (up to the pool's timeout, {plan.timeout:g} s)"
+        if can_wait
         else ""
     )
-    level = WARN if pooled > 1 and idle < plan.timeout else NOTE
-    return level, (
+    return WARN if can_wait and idle < plan.timeout else NOTE, (
         f"idle_in_transaction_session_timeout {idle:g} s: the server ends a session that "
         f"sits that long in an open transaction. A request that waits inside "
-        f"transaction.atomic() ({waits}for an outside service) loses its connection and its "
+        f"transaction.atomic() for an outside service{waits} loses its connection and its "
         f"transaction; the pool discards the connection."
     )
