@@ -76,6 +76,7 @@ def test_a_pool_that_does_not_fit_exits_one(server: Server) -> None:
     assert expected in capacity["message"]
     # Both aliases log in to the same server: they add up.
     assert f"at most {room // (16 * 2) - 1} per alias" in capacity["message"]
+    assert f"at most {room // (2 * 2 * 21)} per host" in capacity["message"]  # fewer workers
     [seen] = document["servers"]
     assert seen["aliases"] == ["default", "other"]
 

@@ -320,33 +320,34 @@ def _capacity(
         f"worker{'s' if plan.workers != 1 else ''} x {plan.per_alias_text(pooled)}"
         f"{'' if len(aliases) == 1 else f' x {len(aliases)} aliases'} = {needed}"
     )
-    less = f"less the reserve of {plan.reserve}"
-    if kept:
-        less = f"less {kept} kept for superusers (superuser_reserved_connections) and {less[5:]}"
+    # PostgreSQL keeps superuser_reserved_connections out of everyone else's reach.
+    superusers = f"{kept} kept for superusers and " if kept else ""
     if needed <= room:
         report.add(
             OK,
             "capacity",
-            f"capacity: {formula} connections at most, within max_connections {limit} "
-            f"{less} ({room}) (aliases {names}).",
+            f"capacity: {formula} connections at most, within max_connections {limit} less "
+            f"{superusers}the reserve of {plan.reserve} ({room}) (aliases {names}).",
             server=server,
         )
         return
     report.add(
         FAIL,
         "capacity",
-        f"capacity: {formula} connections at most, but max_connections is {limit}, {less}, "
-        f"leaves {room}: it does not fit (aliases {names}). {_fewer(plan, room, aliases, pooled)} "
-        f"raise max_connections, or put a proxy (ProxySQL, MaxScale, PgBouncer) in front; see "
-        f"docs/operations.md.",
+        f"capacity: {formula} connections at most, but max_connections is {limit} and "
+        f"{superusers}{plan.reserve} are kept in reserve, leaving {room}: it does not fit "
+        f"(aliases {names}). {_fewer(plan, room, aliases, pooled)} raise max_connections, or "
+        f"put a proxy (ProxySQL, MaxScale, PgBouncer) in front; see docs/operations.md.",
         server=server,
     )
 
 
 def _fewer(plan: Plan, room: int, aliases: list[str], pooled: int) -> str:
     """What to shrink so that the pools fit into ``room``, for the worker class."""
-    each = max(room, 0) // (plan.processes * len(aliases))  # connections per alias and process
-    fewer = f"run fewer workers (at most {max(room, 0) // (plan.hosts * len(aliases))} per host)"
+    room = max(room, 0)
+    each = room // (plan.processes * len(aliases))  # connections per alias and process
+    workers = room // (plan.hosts * len(aliases) * plan.per_alias(pooled))
+    fewer = f"run fewer workers (at most {workers} per host at this size)"
     if plan.concurrency == 1:
         return f"A sync worker needs one connection per alias, so {fewer},"
     if plan.concurrency is not None and plan.concurrency < plan.bound(pooled):
