@@ -144,11 +144,15 @@ class PoolingMiddleware:
         self._capture_stack = capture_stack
         self._ready = False
         self._stop: threading.Event | None = None
+        self._pid = os.getpid()
         _django.install()
         _django.install_storage()
         _live.add(self)
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        if self._pid != os.getpid():
+            # Forked without Python's at-fork hooks (uWSGI forks in C): as they would.
+            self._after_fork()
         if not self._ready:
             self._prepare()
         lease = _django.Lease(self._pools, environ.get("PATH_INFO"), self._capture_stack)
@@ -190,6 +194,7 @@ class PoolingMiddleware:
             pool.after_fork()
         self._stop = None
         self._ready = False
+        self._pid = os.getpid()
 
     def _start_reaper(self) -> None:
         # warn_hold too: a hold is then reported within half of warn_hold of passing it.
