@@ -249,3 +249,36 @@ def test_uwsgi_serves_200_clients_without_sharing_and_closes_every_pool(
             assert aborted == 0, log
     finally:
         u.stop()
+
+
+def _lines(text: str) -> list[str]:
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize(
+    ("doc", "start", "end", "code"),
+    [
+        pytest.param(
+            "servers.md",
+            "import uwsgi",
+            "uwsgi.atexit = _close_pools",
+            "tests/uwsgi_wsgi.py",
+            id="uwsgi",
+        ),
+        pytest.param(
+            "django.md",
+            "db = None",
+            "db.close()",
+            "tests/celery_proj/proj/celery.py",
+            id="celery",
+        ),
+    ],
+)
+def test_the_docs_snippets_are_the_tested_code(doc: str, start: str, end: str, code: str) -> None:
+    """The wsgi.py lines of docs/servers.md and the worker_init recipe of docs/django.md are,
+    line for line, what the uWSGI and Celery tests run."""
+    text = (ROOT / "docs" / doc).read_text()
+    snippet = text[text.index(start) : text.index(end) + len(end)]
+    tested = (ROOT / code).read_text()
+    tested = tested[tested.index(start) : tested.index(end) + len(end)]
+    assert _lines(snippet) == _lines(tested)
