@@ -6,7 +6,9 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
@@ -19,6 +21,10 @@ from wsgi_db_pool.prometheus import GAUGE_NAMES, GAUGES, MultiprocessPush, PoolC
 UNITS = ("connections", "checkouts")
 STATES = {"wsgi_db_pool_backed_off"}
 OLD_NAMES = {f"wsgi_db_pool_{key}" for key in GAUGES}
+# On PATH, or beside the interpreter (make puts Debian's promtool in the virtualenv).
+PROMTOOL = shutil.which("promtool") or shutil.which(
+    "promtool", path=str(Path(sys.executable).parent)
+)
 
 
 def _expositions(app: Pooled) -> dict[str, bytes]:
@@ -59,12 +65,12 @@ def test_metric_names_follow_prometheus_conventions(
     }
 
 
-@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed")
+@pytest.mark.skipif(PROMTOOL is None, reason="promtool is not installed")
 def test_promtool_check_metrics_is_clean(make_pooled: Callable[..., Pooled]) -> None:
     """`promtool check metrics` (Prometheus' own linter) reports nothing on either exposition."""
     for source, text in _expositions(make_pooled(aliases=["default"])).items():
         result = subprocess.run(
-            ["promtool", "check", "metrics"], input=text, capture_output=True, check=False
+            [str(PROMTOOL), "check", "metrics"], input=text, capture_output=True, check=False
         )
         assert result.returncode == 0, (source, result.stdout, result.stderr)
         assert result.stdout.strip() == result.stderr.strip() == b"", (source, result)
