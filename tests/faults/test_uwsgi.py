@@ -101,7 +101,11 @@ class UWSGI_:
             stdout=self._log,
             stderr=subprocess.STDOUT,
         )
-        self.wait_up()
+        try:
+            self.wait_up()
+        except BaseException:
+            self.stop()  # no caller holds it yet to stop it
+            raise
 
     def wait_up(self, not_pids: frozenset[int] = frozenset()) -> set[int]:
         """Until both workers answer (other than ``not_pids``); their pids."""
