@@ -19,6 +19,12 @@ $(BIN)/.installed: pyproject.toml
 		{ DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
 		  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq default-libmysqlclient-dev pkg-config; }
 	$(BIN)/python -m pip install -q 'mysqlclient>=2.1'
+	# promtool (tests/test_metric_names.py), taken from Debian's prometheus package
+	# without installing (or starting) the server; the test skips where it is missing.
+	command -v promtool >/dev/null || [ -x $(BIN)/promtool ] || \
+		{ tmp=$$(mktemp -d) && (cd $$tmp && apt-get download -qq prometheus) && \
+		  dpkg-deb --fsys-tarfile $$tmp/prometheus_*.deb | tar -xO ./usr/bin/promtool > $(BIN)/promtool && \
+		  chmod +x $(BIN)/promtool; rm -rf $$tmp; } || echo "promtool not installed"
 	touch $@
 
 $(VENV42)/bin/.installed: pyproject.toml

@@ -171,9 +171,9 @@ def test_config_with_gevent_workers_and_multiprocess_metrics(
     gevent.sleep(0.5)  # a few push intervals
     text = g.get("/metrics/")[1].decode()
     assert _metric(text, "wsgi_db_pool_checkouts_total", alias="default") == 80
-    assert _metric(text, "wsgi_db_pool_in_use", alias="default") == 0
-    assert 1 <= _metric(text, "wsgi_db_pool_open", alias="default") <= 2 * CAP
-    assert _metric(text, "wsgi_db_pool_pool_size", alias="default") == 2 * 2  # livesum
+    assert _metric(text, "wsgi_db_pool_in_use_connections", alias="default") == 0
+    assert 1 <= _metric(text, "wsgi_db_pool_open_connections", alias="default") <= 2 * CAP
+    assert _metric(text, "wsgi_db_pool_pool_size_connections", alias="default") == 2 * 2  # livesum
     assert _metric(text, "wsgi_db_pool_checkout_wait_seconds_count", alias="default") == 80
     log = g.stop()
     assert log.count("wsgi_db_pool: closed 1 pooling middleware(s) in worker") == 2, log

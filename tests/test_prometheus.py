@@ -16,7 +16,12 @@ from prometheus_client import CollectorRegistry, generate_latest, make_wsgi_app
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import Pooled, Server
-from wsgi_db_pool.prometheus import MultiprocessPush, PoolCollector, register_collector
+from wsgi_db_pool.prometheus import (
+    GAUGE_NAMES,
+    MultiprocessPush,
+    PoolCollector,
+    register_collector,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -87,18 +92,20 @@ def test_scrape_reads_stats_at_scrape_time(
     register_collector(app.mw, registry=registry)
     before = scrape(generate_latest(registry))
     assert value(before, "wsgi_db_pool_checkouts_total", alias="default") == 0
-    assert value(before, "wsgi_db_pool_open", alias="other") == 0
+    assert value(before, "wsgi_db_pool_open_connections", alias="other") == 0
     for _ in range(3):
         app.json("/both/")
     samples = scrape(generate_latest(registry))
     for alias in ("default", "other"):
         stats = app.stats(alias)
         for key in ("open", "idle", "in_use", "waiting", "pool_size", "max_overflow"):
-            assert value(samples, f"wsgi_db_pool_{key}", alias=alias) == stats[key], key
+            assert value(samples, f"wsgi_db_pool_{GAUGE_NAMES[key]}", alias=alias) == stats[key], (
+                key
+            )
         for key in ("connects", "connect_errors", "checkouts", "recycles", "timeouts"):
             assert value(samples, f"wsgi_db_pool_{key}_total", alias=alias) == stats[key], key
     assert value(samples, "wsgi_db_pool_checkouts_total", alias="default") == 3
-    assert value(samples, "wsgi_db_pool_idle", alias="other") == 1
+    assert value(samples, "wsgi_db_pool_idle_connections", alias="other") == 1
 
 
 def test_discards_and_rejects_by_reason(
@@ -126,7 +133,7 @@ def test_http_scrape(pooled: Pooled, server: Server, registry: CollectorRegistry
     assert response.content_type == "text/plain"
     samples = scrape(response.body)
     assert value(samples, "wsgi_db_pool_checkouts_total", alias="default") == 1
-    assert value(samples, "wsgi_db_pool_open", alias="default") == 1
+    assert value(samples, "wsgi_db_pool_open_connections", alias="default") == 1
 
 
 def test_register_twice_is_refused_and_unregister_works(registry: CollectorRegistry) -> None:
@@ -137,7 +144,7 @@ def test_register_twice_is_refused_and_unregister_works(registry: CollectorRegis
         register_collector(app, registry=registry)
     registry.unregister(collector)
     register_collector(app, registry=registry, namespace="other_pool")
-    assert "other_pool_open" in generate_latest(registry).decode()
+    assert "other_pool_open_connections" in generate_latest(registry).decode()
 
 
 def test_collector_holds_the_application_weakly(registry: CollectorRegistry) -> None:
@@ -168,7 +175,7 @@ def test_no_histogram_without_wait_seconds(registry: CollectorRegistry) -> None:
     register_collector(app, registry=registry)
     text = generate_latest(registry).decode()
     assert "checkout_wait_seconds" not in text
-    assert "wsgi_db_pool_open" in text
+    assert "wsgi_db_pool_open_connections" in text
 
 
 def test_histogram_from_the_real_pool(
@@ -215,7 +222,7 @@ def test_push_copies_increases_only(registry: CollectorRegistry) -> None:
     push.push()
     samples = scrape(generate_latest(registry))
     assert value(samples, "wsgi_db_pool_checkouts_total", alias="default") == 40
-    assert value(samples, "wsgi_db_pool_in_use", alias="default") == 2
+    assert value(samples, "wsgi_db_pool_in_use_connections", alias="default") == 2
     assert value(samples, "wsgi_db_pool_discards_total", alias="default", reason="overflow") == 2
     stats = app.by_alias["default"]
     stats.update(checkouts=45, in_use=0, discards={"overflow": 3, "leak": 1})
@@ -224,7 +231,7 @@ def test_push_copies_increases_only(registry: CollectorRegistry) -> None:
     push.push()
     samples = scrape(generate_latest(registry))
     assert value(samples, "wsgi_db_pool_checkouts_total", alias="default") == 45
-    assert value(samples, "wsgi_db_pool_in_use", alias="default") == 0
+    assert value(samples, "wsgi_db_pool_in_use_connections", alias="default") == 0
     assert value(samples, "wsgi_db_pool_discards_total", alias="default", reason="leak") == 1
     name = "wsgi_db_pool_checkout_wait_seconds"
     assert value(samples, f"{name}_bucket", alias="default", le="0.001") == 33
@@ -290,7 +297,7 @@ def test_multiprocess_files_add_up_across_workers(tmp_path: Path) -> None:
     samples = scrape(result.stdout)
     assert value(samples, "wsgi_db_pool_checkouts_total", alias="default") == 40 + 7
     # Gauges: livesum adds the live processes' values.
-    assert value(samples, "wsgi_db_pool_in_use", alias="default") == 2 + 2
+    assert value(samples, "wsgi_db_pool_in_use_connections", alias="default") == 2 + 2
     name = "wsgi_db_pool_checkout_wait_seconds"
     assert value(samples, f"{name}_count", alias="default") == 80
     assert value(samples, f"{name}_bucket", alias="default", le="0.01") == 70

@@ -1,19 +1,21 @@
 """``python -m wsgi_db_pool check``: does this pool configuration fit the database server?
 
 It loads the Django settings (``DJANGO_SETTINGS_MODULE``, or ``--settings``), connects
-once to each MySQL/MariaDB alias the way Django would, reads the server's limits and
-says, in plain words:
+once to each pooled MySQL/MariaDB and PostgreSQL alias the way Django would, reads the
+server's limits and says, in plain words:
 
 - whether ``hosts x workers x (pool_size + max_overflow)``, summed over the aliases
   that reach the same server, fits under its ``max_connections`` (less a reserve for
-  everything else) and under the account's ``max_user_connections``; when several
-  aliases reach one server, what their combined cap is and why a router makes it count;
-- whether connections are retired (``max_age``, ``max_idle``) before the server's
-  ``wait_timeout`` drops them;
-- whether PyMySQL builds a TLS context on every connect (CPU that stalls every
-  greenlet of a gevent worker);
-- whether the alias sets connect, read and write timeouts;
-- whether the driver is mysqlclient under gevent (its C I/O blocks every greenlet).
+  everything else) and under the account's limit; when several aliases reach one server,
+  what their combined cap is and why a router makes it count. A sync worker opens at most
+  one connection per alias, a gthread worker one per thread: the sum counts that;
+- whether connections are retired (``max_age``, ``max_idle``) before the server drops
+  idle ones (``wait_timeout``, ``idle_session_timeout``);
+- what the alias's driver does under the worker class, and whether its connects and
+  queries are bounded in time; the per-database details are in ``_doctor_mysql`` and
+  ``_doctor_postgresql``.
+
+A pooled SQLite alias has no server to check and is only named.
 
 Exit status: 0 when it fits (warnings included, unless ``--strict``), 1 when it does
 not, 2 when it could not check (settings or import errors, an alias it could not
@@ -23,6 +25,7 @@ connect to).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import json
 import os
@@ -31,13 +34,13 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ._doctor_plan import ERROR, FAIL, NOTE, OK, WARN, WORKER_CLASSES, Plan
+
 __all__ = ["main"]
 
-OK, NOTE, WARN, FAIL, ERROR = "ok", "note", "warn", "fail", "error"
 _LABEL = {OK: "OK  ", NOTE: "NOTE", WARN: "WARN", FAIL: "FAIL", ERROR: "ERR "}
-_TIMEOUTS = ("connect_timeout", "read_timeout", "write_timeout")
-# PyMySQL options that make it build a TLS context from a dict on every connect.
-_SSL_KEYS = ("ssl_ca", "ssl_cert", "ssl_key", "ssl_verify_cert", "ssl_verify_identity")
+# The pool settings the check takes, as PoolConfig names them.
+_POOL_OPTIONS = ("pool_size", "max_overflow", "max_age", "max_idle", "min_size", "timeout")
 
 
 class CannotCheck(Exception):
@@ -77,34 +80,21 @@ class Report:
 # -- the pool settings --------------------------------------------------------------------
 
 
-@dataclass
-class Plan:
-    """The deployment being checked: the pool settings and how many copies of it run."""
-
-    pool_size: int
-    max_overflow: int
-    max_age: float | None
-    max_idle: float | None
-    workers: int
-    hosts: int
-    reserve: int
-    worker_class: str
-    threads: int
-    aliases: list[str] | None
-
-    @property
-    def cap(self) -> int:
-        return self.pool_size + self.max_overflow
-
-    @property
-    def processes(self) -> int:
-        return self.workers * self.hosts
-
-
 def _seconds(text: str) -> float | None:
     if text.strip().lower() in ("none", "off", "never"):
         return None
     return float(text)
+
+
+def _default(name: str) -> str:
+    """PoolConfig's default for ``name``, as the help shows it: the defaults live there."""
+    from .config import PoolConfig
+
+    [found] = [f for f in dataclasses.fields(PoolConfig) if f.name == name]
+    value = found.default
+    if value is None:
+        return "none"
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -117,8 +107,8 @@ def _parser() -> argparse.ArgumentParser:
         "check",
         help="does this pool configuration fit the database server?",
         description=(
-            "Connect to each pooled MySQL/MariaDB alias of the Django settings and say "
-            "whether the pool configuration fits the server. Exit status 0: it fits; "
+            "Connect to each pooled MySQL/MariaDB and PostgreSQL alias of the Django settings "
+            "and say whether the pool configuration fits the server. Exit status 0: it fits; "
             "1: it does not; 2: it could not be checked."
         ),
     )
@@ -135,16 +125,21 @@ def _parser() -> argparse.ArgumentParser:
         "--alias",
         dest="aliases",
         action="append",
-        help="an alias to check (repeatable; default: every MySQL/MariaDB alias)",
+        help="an alias to check (repeatable; default: every MySQL/MariaDB and PostgreSQL alias)",
     )
-    check.add_argument("--pool-size", type=int, help="pool_size (default 10)")
-    check.add_argument("--max-overflow", type=int, help="max_overflow (default 10)")
-    check.add_argument(
-        "--max-age", type=_seconds, help="max_age in seconds, or 'none' (default 3600)"
-    )
-    check.add_argument(
-        "--max-idle", type=_seconds, help="max_idle in seconds, or 'none' (default 600)"
-    )
+    for name in _POOL_OPTIONS:
+        if name in ("max_age", "max_idle"):
+            kind: Any = _seconds
+            unit = " in seconds, or 'none'"
+        elif name == "timeout":
+            kind, unit = float, " in seconds"
+        else:
+            kind, unit = int, ""
+        check.add_argument(
+            f"--{name.replace('_', '-')}",
+            type=kind,
+            help=f"{name}{unit} (default {_default(name)})",
+        )
     check.add_argument(
         "--workers", type=int, default=1, help="worker processes per host (default 1)"
     )
@@ -160,7 +155,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     check.add_argument(
         "--worker-class",
-        choices=("gevent", "gthread", "sync"),
+        choices=WORKER_CLASSES,
         default="gevent",
         help="the server's worker class (default gevent)",
     )
@@ -179,23 +174,27 @@ def _plan(args: argparse.Namespace, from_app: Any) -> Plan:
 
     base = from_app.config if from_app is not None else PoolConfig()
     chosen = {
-        "pool_size": base.pool_size if args.pool_size is None else args.pool_size,
-        "max_overflow": base.max_overflow if args.max_overflow is None else args.max_overflow,
-        "max_age": base.max_age if args.max_age is None else args.max_age,
-        "max_idle": base.max_idle if args.max_idle is None else args.max_idle,
+        name: getattr(base, name) if getattr(args, name) is None else getattr(args, name)
+        for name in _POOL_OPTIONS
     }
     # The middleware's own validation, so the messages are the same.
-    PoolConfig(**chosen)  # type: ignore[arg-type]
+    PoolConfig(**chosen)
     for name in ("workers", "hosts", "threads"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name} must be at least 1, not {getattr(args, name)}")
     if args.reserve < 0:
         raise ValueError(f"--reserve must be >= 0, not {args.reserve}")
+    if args.worker_class == "sync" and args.threads > 1:
+        # gunicorn itself runs "sync" with --threads above 1 as gthread.
+        raise ValueError(
+            "--threads above 1 makes gunicorn run the gthread worker, not sync: pass "
+            "--worker-class gthread"
+        )
     aliases = args.aliases
     if aliases is None and from_app is not None:
         aliases = list(from_app.aliases)
     return Plan(
-        **chosen,  # type: ignore[arg-type]
+        **chosen,
         workers=args.workers,
         hosts=args.hosts,
         reserve=args.reserve,
@@ -233,22 +232,26 @@ def _load_app(spec: str) -> Any:
 # -- what the server says -------------------------------------------------------------------
 
 
-def _driver() -> tuple[str, str]:
-    """The MySQL driver Django uses here: ("PyMySQL", version) or ("mysqlclient", version)."""
-    mysqldb = sys.modules.get("MySQLdb")
-    if mysqldb is None:
-        return "unknown", "?"
-    if getattr(mysqldb, "__name__", "") == "pymysql" or hasattr(mysqldb, "install_as_MySQLdb"):
-        import pymysql
+def _vendor(alias: str) -> str:
+    from django.db import connections
+    from django.db.utils import load_backend
 
-        return "PyMySQL", getattr(pymysql, "VERSION_STRING", "?")
-    version = getattr(mysqldb, "__version__", None) or ".".join(
-        str(part) for part in getattr(mysqldb, "version_info", ())[:3]
-    )
-    return "mysqlclient", version or "?"
+    vendor: str = load_backend(connections.settings[alias]["ENGINE"]).DatabaseWrapper.vendor
+    return vendor
 
 
-def _server_facts(alias: str) -> dict[str, Any]:
+def _dialect(vendor: str) -> Any:
+    """The module that reads a server of ``vendor`` and checks its driver options."""
+    if vendor == "postgresql":
+        from . import _doctor_postgresql
+
+        return _doctor_postgresql
+    from . import _doctor_mysql
+
+    return _doctor_mysql
+
+
+def _server_facts(alias: str, dialect: Any) -> dict[str, Any]:
     from django.db import connections
 
     wrapper = connections.create_connection(alias)
@@ -257,170 +260,114 @@ def _server_facts(alias: str) -> dict[str, Any]:
             wrapper.ensure_connection()
         except Exception as exc:
             raise CannotCheck(f"alias {alias!r}: cannot connect: {exc}") from exc
-        with wrapper.cursor() as cursor:
-            cursor.execute(
-                "SELECT @@max_connections, @@session.wait_timeout, "
-                "@@session.max_user_connections, @@hostname, @@port, VERSION(), "
-                "CURRENT_USER()"
-            )
-            max_conn, wait_timeout, max_user, hostname, port, version, user = cursor.fetchone()
-            cursor.execute("SHOW GLOBAL STATUS LIKE 'Threads_connected'")
-            threads_connected = int(cursor.fetchone()[1])
+        facts: dict[str, Any] = dialect.facts(wrapper, connections.settings[alias])
+        return facts
     finally:
         wrapper.close()
-    return {
-        "server": f"{hostname}:{port}",
-        "version": version,
-        "user": user,
-        "max_connections": int(max_conn),
-        "wait_timeout": int(wait_timeout),
-        "max_user_connections": int(max_user),
-        "threads_connected": threads_connected,
-    }
 
 
 # -- the checks -----------------------------------------------------------------------------
 
 
-def _tls(options: dict[str, Any], driver: str, version: str) -> tuple[str, str]:
-    """PyMySQL's rule (connections.py, Connection.__init__), as of 1.2.4.
-
-    ssl_disabled wins. Any of ssl_ca, ssl_cert, ssl_key, ssl_verify_cert,
-    ssl_verify_identity makes a dict that replaces ``ssl`` (even an SSLContext), and a
-    dict is turned into a new SSLContext on every connect. An ``ssl`` SSLContext with
-    none of those is used as it is. Nothing at all: PyMySQL >= 1.2 tries TLS
-    ("preferred") with a new default context on every connect; earlier ones do not.
-    """
-    import ssl
-
-    if driver != "PyMySQL":
-        return NOTE, f"TLS: not checked for {driver}."
-    if options.get("ssl_disabled"):
-        return OK, "TLS: ssl_disabled=True, so PyMySQL builds no TLS context per connect."
-    named = [key for key in _SSL_KEYS if options.get(key)]
-    given = options.get("ssl")
-    if named:
-        replaced = "; they also replace the SSLContext given as ssl" if given else ""
-        return WARN, (
-            f"TLS: OPTIONS set {', '.join(named)}, so PyMySQL {version} builds a new "
-            f"ssl.SSLContext on every connect (tens of ms of CPU that stall every greenlet "
-            f"of a gevent worker{replaced}). Build one context yourself and pass it alone "
-            f"as OPTIONS['ssl']."
-        )
-    if isinstance(given, ssl.SSLContext):
-        return OK, "TLS: one shared ssl.SSLContext in OPTIONS['ssl'], used as it is."
-    if given:
-        return WARN, (
-            f"TLS: OPTIONS['ssl'] is a {type(given).__name__}, which PyMySQL turns into a new "
-            f"ssl.SSLContext on every connect (tens of ms of CPU that stall every greenlet "
-            f"of a gevent worker). Pass one ssl.SSLContext as OPTIONS['ssl'] instead."
-        )
-    parts = tuple(int(p) if p.isdigit() else 0 for p in version.split(".")[:2])
-    if parts >= (1, 2):
-        return WARN, (
-            f"TLS: PyMySQL {version} tries TLS by default and builds a new ssl.SSLContext on "
-            f"every connect (24-35 ms of CPU measured, stalling every greenlet of a gevent "
-            f"worker), even when the server has TLS off. Set OPTIONS['ssl_disabled'] = True "
-            f"for a server on loopback or a trusted network, or pass one shared "
-            f"ssl.SSLContext as OPTIONS['ssl']."
-        )
-    return OK, f"TLS: PyMySQL {version} does not try TLS unless asked to."
-
-
-def _timeouts(options: dict[str, Any], driver: str) -> tuple[str, str]:
-    missing = [name for name in _TIMEOUTS if options.get(name) in (None, 0)]
-    if not missing:
-        set_ = ", ".join(f"{name}={options[name]}" for name in _TIMEOUTS)
-        return OK, f"timeouts: {set_}."
-    default = " (PyMySQL's connect_timeout defaults to 10 s)" if driver == "PyMySQL" else ""
-    return WARN, (
-        f"timeouts: OPTIONS set no {', '.join(missing)}{default}. The pool's timeout bounds "
-        f"only the checkout; without read_timeout and write_timeout a query to a server "
-        f"that stopped answering (a network cut, a frozen host) holds the request and its "
-        f"connection until TCP gives up, many minutes later."
-    )
-
-
-def _lifetime(plan: Plan, wait_timeout: int) -> tuple[str, str]:
+def _lifetime(
+    plan: Plan, wait_timeout: float | None, name: str = "wait_timeout"
+) -> tuple[str, str]:
+    """Whether the pool retires connections before the server drops idle ones (MySQL's
+    wait_timeout, PostgreSQL's idle_session_timeout; None: the server never does)."""
     limits = [x for x in (plan.max_age, plan.max_idle) if x is not None]
     age = "None" if plan.max_age is None else f"{plan.max_age:g} s"
+    if wait_timeout is None:
+        retired = (
+            f"max_age {age} and max_idle retire them"
+            if limits
+            else "with max_age and max_idle None, they stay open as long as the process"
+        )
+        return OK, f"lifetime: {name} is off: the server does not drop idle connections; {retired}."
     if not limits:
         return WARN, (
             f"lifetime: max_age and max_idle are both None, so an idle connection stays "
-            f"open until the server's wait_timeout ({wait_timeout} s) drops it; the pool "
+            f"open until the server's {name} ({wait_timeout:g} s) drops it; the pool "
             f"then finds it closed at checkout and opens another (the server logs an "
-            f"aborted connection). Set max_age below {wait_timeout} s."
+            f"aborted connection). Set max_age below {wait_timeout:g} s."
         )
     # The reaper closes idle connections at most this late (see PoolingMiddleware).
     interval = max(min([30.0, *(x / 2 for x in limits)]), 0.05)
     longest = min(limits) + interval
     if plan.max_age is not None and plan.max_age < wait_timeout and longest < wait_timeout:
         return OK, (
-            f"lifetime: max_age {age} < wait_timeout {wait_timeout} s: the pool retires "
+            f"lifetime: max_age {age} < {name} {wait_timeout:g} s: the pool retires "
             f"connections before the server would drop them."
         )
     return WARN, (
-        f"lifetime: max_age {age} is not below the server's wait_timeout ({wait_timeout} s) "
+        f"lifetime: max_age {age} is not below the server's {name} ({wait_timeout:g} s) "
         f"(an idle connection may sit up to {longest:g} s): the server can drop idle "
         f"connections first; the pool then finds them closed at checkout and opens "
-        f"others (the server logs aborted connections). Set max_age below {wait_timeout} s."
+        f"others (the server logs aborted connections). Set max_age below {wait_timeout:g} s."
     )
-
-
-def _bound(plan: Plan, pooled: int) -> int:
-    """The most one alias's pool opens in a process: the cap, plus one per other pooled
-    alias for requests that hold those while they wait for this one (see pool.py)."""
-    return plan.cap + max(pooled - 1, 0)
-
-
-def _bound_text(plan: Plan, pooled: int) -> str:
-    extra = f" + {pooled - 1}" if pooled > 1 else ""
-    return f"({plan.pool_size} + {plan.max_overflow}{extra})"
 
 
 def _capacity(
     plan: Plan, facts: dict[str, Any], aliases: list[str], pooled: int, report: Report
 ) -> None:
     server = facts["server"]
-    per_process = _bound(plan, pooled) * len(aliases)
-    needed = plan.processes * per_process
+    per_alias = plan.per_alias(pooled)
+    needed = plan.processes * per_alias * len(aliases)
     limit = facts["max_connections"]
-    room = limit - plan.reserve
+    kept = facts["reserved_connections"]
+    room = limit - kept - plan.reserve
     names = ", ".join(repr(a) for a in aliases)
     formula = (
         f"{plan.hosts} host{'s' if plan.hosts != 1 else ''} x {plan.workers} "
-        f"worker{'s' if plan.workers != 1 else ''} x {_bound_text(plan, pooled)}"
+        f"worker{'s' if plan.workers != 1 else ''} x {plan.per_alias_text(pooled)}"
         f"{'' if len(aliases) == 1 else f' x {len(aliases)} aliases'} = {needed}"
     )
+    # PostgreSQL keeps superuser_reserved_connections out of everyone else's reach.
+    superusers = f"{kept} kept for superusers and " if kept else ""
     if needed <= room:
         report.add(
             OK,
             "capacity",
             f"capacity: {formula} connections at most, within max_connections {limit} less "
-            f"the reserve of {plan.reserve} ({room}) (aliases {names}).",
+            f"{superusers}the reserve of {plan.reserve} ({room}) (aliases {names}).",
             server=server,
         )
-    else:
-        most = room // (plan.processes * len(aliases)) - (pooled - 1) if room > 0 else 0
-        most = max(most, 0)
-        report.add(
-            FAIL,
-            "capacity",
-            f"capacity: {formula} connections at most, but max_connections is {limit} and "
-            f"{plan.reserve} are kept in reserve, leaving {room}: it does not fit (aliases "
-            f"{names}). Lower pool_size + max_overflow to at most {most} per alias, run "
-            f"fewer workers, raise max_connections, or put a proxy (ProxySQL, MaxScale) in "
-            f"front; see docs/operations.md.",
-            server=server,
-        )
-    others = facts["threads_connected"] - 1  # this check's own connection
+        return
+    report.add(
+        FAIL,
+        "capacity",
+        f"capacity: {formula} connections at most, but max_connections is {limit} and "
+        f"{superusers}{plan.reserve} are kept in reserve, leaving {room}: it does not fit "
+        f"(aliases {names}). {_fewer(plan, room, aliases, pooled)} raise max_connections, or "
+        f"put a proxy (ProxySQL, MaxScale, PgBouncer) in front; see docs/operations.md.",
+        server=server,
+    )
+
+
+def _fewer(plan: Plan, room: int, aliases: list[str], pooled: int) -> str:
+    """What to shrink so that the pools fit into ``room``, for the worker class."""
+    room = max(room, 0)
+    each = room // (plan.processes * len(aliases))  # connections per alias and process
+    workers = room // (plan.hosts * len(aliases) * plan.per_alias(pooled))
+    fewer = f"run fewer workers (at most {workers} per host at this size)"
+    if plan.concurrency == 1:
+        return f"A sync worker needs one connection per alias, so {fewer},"
+    if plan.concurrency is not None and plan.concurrency < plan.bound(pooled):
+        return f"Lower --threads to at most {each}, {fewer},"
+    most = max(each - (pooled - 1), 0)
+    return f"Lower pool_size + max_overflow to at most {most} per alias, {fewer},"
+
+
+def _connected(facts: dict[str, Any], report: Report) -> None:
+    limit = facts["max_connections"]
+    usable = limit - facts["reserved_connections"]  # what a non-superuser may reach
+    others = facts["connected"] - 1  # this check's own connection
     report.add(
         NOTE,
         "connected",
         f"connected now: {others} other connection{'s' if others != 1 else ''} "
-        f"(Threads_connected, without this check's own); if they are not this app's, "
-        f"{limit - others} of {limit} are free for it.",
-        server=server,
+        f"({facts['connected_name']}, without this check's own); if they are not this app's, "
+        f"{usable - others} of {usable} are free for it.",
+        server=facts["server"],
     )
 
 
@@ -428,7 +375,8 @@ def _settings_address(alias: str) -> str:
     from django.db import connections
 
     settings = connections.settings[alias]
-    return f"{settings.get('HOST') or 'localhost'}:{settings.get('PORT') or 3306}"
+    default_port = 5432 if _vendor(alias) == "postgresql" else 3306
+    return f"{settings.get('HOST') or 'localhost'}:{settings.get('PORT') or default_port}"
 
 
 def _shared_server(
@@ -437,13 +385,13 @@ def _shared_server(
     """Aliases on one server: their pools are separate, so their caps add up there."""
     if len(aliases) < 2:
         return
-    per_process = _bound(plan, pooled) * len(aliases)
+    per_process = plan.per_alias(pooled) * len(aliases)
     where = ", ".join(f"{alias!r} ({_settings_address(alias)})" for alias in aliases)
     report.add(
         NOTE,
         "shared_server",
         f"shared server: aliases {where} reach the same server, each with a pool of its "
-        f"own, so their caps add up: {len(aliases)} x {_bound_text(plan, pooled)} = "
+        f"own, so their caps add up: {len(aliases)} x {plan.per_alias_text(pooled)} = "
         f"{per_process} connections per process, "
         f"{plan.processes * per_process} in all against max_connections "
         f"{facts['max_connections']}. Under a database router one request can hold a "
@@ -456,48 +404,84 @@ def _shared_server(
     )
 
 
-def _per_user(
-    plan: Plan, facts: dict[str, Any], aliases: list[str], pooled: int, report: Report
+def _limit(
+    plan: Plan,
+    facts: dict[str, Any],
+    aliases: list[str],
+    pooled: int,
+    report: Report,
+    kind: str,
+    who: str,
 ) -> None:
-    limit = facts["max_user_connections"]
-    if limit <= 0:
+    """An account's (``kind`` "user") or a database's own connection limit."""
+    limit = facts.get(f"{kind}_limit")
+    if limit is None:
         return
-    needed = plan.processes * _bound(plan, pooled) * len(aliases)
+    name = facts[f"{kind}_limit_name"]
+    who = f"database {who}" if kind == "database" else who
+    needed = plan.processes * plan.per_alias(pooled) * len(aliases)
     names = ", ".join(repr(a) for a in aliases)
     if needed <= limit:
         report.add(
             OK,
-            "max_user_connections",
-            f"max_user_connections: {facts['user']} may open {limit}; the pool needs at most "
-            f"{needed} (aliases {names}).",
+            name,
+            f"{name}: {who} may open {limit}; the pool needs at most {needed} (aliases {names}).",
             server=facts["server"],
         )
-    else:
-        report.add(
-            FAIL,
-            "max_user_connections",
-            f"max_user_connections: {facts['user']} may open only {limit}, but the pool may "
-            f"open {needed} (aliases {names}): it does not fit; connects past {limit} fail "
-            f"with error 1203 and their requests get 503.",
-            server=facts["server"],
-        )
+        return
+    code = " with error 1203" if facts["vendor"] == "mysql" else ""
+    report.add(
+        FAIL,
+        name,
+        f"{name}: {who} may open only {limit}, but the pool may open {needed} (aliases "
+        f"{names}): it does not fit; connects past {limit} fail{code} and their requests "
+        f"get 503.",
+        server=facts["server"],
+    )
 
 
-def _gevent_driver(plan: Plan, driver: str, alias: str, report: Report) -> None:
-    if driver == "mysqlclient" and plan.worker_class == "gevent":
+def _sizing(plan: Plan, report: Report) -> None:
+    """What pool fits the worker class: it bounds what a process ever opens per alias."""
+    if plan.worker_class == "sync":
+        if plan.cap == 1:
+            report.add(
+                OK,
+                "sizing",
+                "sizing: pool_size=1, max_overflow=0 per alias fits a sync worker (one request "
+                "at a time per process).",
+            )
+            return
         report.add(
-            FAIL,
-            "driver",
-            "driver: mysqlclient under a gevent worker. Its I/O runs in C and never yields, so "
-            "every query blocks every greenlet of the worker, and the pool cannot bound a "
-            "connect or a ping. Use PyMySQL (pymysql.install_as_MySQLdb() before Django "
-            "loads its backend; if your wsgi.py does that, pass --app), or a gthread worker.",
-            alias=alias,
+            NOTE,
+            "sizing",
+            f"sizing: a sync worker serves one request at a time, and a request holds at most "
+            f"one connection per alias, so a process never opens more than one per alias "
+            f"(min_size aside): pool_size=1, max_overflow=0 per alias is the pool that fits "
+            f"it, and the capacity below counts one. The other {plan.cap - 1} of pool_size + "
+            f"max_overflow ({plan.cap}) are never used. What the pool still gives a sync "
+            f"worker: one connection kept open across requests, checked and reset, instead "
+            f"of a connect per request. A view that hands queries to threads of its own "
+            f"(pooled()) needs one more per such thread: size for those.",
         )
-    elif driver == "mysqlclient":
-        report.add(OK, "driver", f"driver: mysqlclient under {plan.worker_class}.", alias=alias)
-    elif driver == "PyMySQL":
-        report.add(OK, "driver", "driver: PyMySQL, which yields to gevent.", alias=alias)
+    elif plan.worker_class == "gthread" and plan.threads > plan.cap:
+        report.add(
+            NOTE,
+            "sizing",
+            f"threads: {plan.threads} threads per worker share {plan.cap} connections; "
+            f"the rest wait up to the pool's timeout when all query at once. "
+            f"pool_size + max_overflow = {plan.threads} lets none wait.",
+        )
+    elif plan.worker_class == "gthread" and plan.threads < plan.cap:
+        report.add(
+            NOTE,
+            "sizing",
+            f"threads: a gthread worker serves {plan.threads} request(s) at once, each "
+            f"holding at most one connection per alias, so only {plan.threads} of "
+            f"pool_size + max_overflow ({plan.cap}) are ever opened per alias (min_size "
+            f"aside), and the capacity below counts {plan.threads}. pool_size + max_overflow "
+            f"= {plan.threads} says so (more only for views that hand queries to threads of "
+            f"their own with pooled()).",
+        )
 
 
 def check(plan: Plan, settings_module: str) -> Report:
@@ -519,40 +503,47 @@ def check(plan: Plan, settings_module: str) -> Report:
         if alias not in aliases:
             report.add(NOTE, "not_pooled", f"alias {alias!r}: not pooled, left to Django.")
     if not aliases:
-        raise CannotCheck("no MySQL/MariaDB alias to check in settings.DATABASES")
+        raise CannotCheck("no MySQL/MariaDB or PostgreSQL alias to check in settings.DATABASES")
+    _sizing(plan, report)
+    pooled = len(aliases)
     by_server: dict[str, tuple[dict[str, Any], list[str]]] = {}
-    by_user: dict[tuple[str, str], tuple[dict[str, Any], list[str]]] = {}
+    limits: dict[tuple[str, str, str], tuple[dict[str, Any], list[str]]] = {}
     for alias in aliases:
+        vendor = _vendor(alias)
+        if vendor not in ("mysql", "postgresql"):
+            report.add(
+                NOTE,
+                "no_server",
+                f"{vendor}: no server to check; its pool holds at most "
+                f"{plan.per_alias(pooled)} connection(s) per process.",
+                alias=alias,
+            )
+            continue
+        dialect = _dialect(vendor)
         try:
-            facts = _server_facts(alias)
+            facts = _server_facts(alias, dialect)
         except CannotCheck as exc:
             report.add(ERROR, "connect", f"{exc}; not checked.", alias=alias)
             continue
-        driver, version = _driver()
-        options = dict(connections.settings[alias].get("OPTIONS") or {})
         by_server.setdefault(facts["server"], (facts, []))[1].append(alias)
-        by_user.setdefault((facts["server"], facts["user"]), (facts, []))[1].append(alias)
-        _gevent_driver(plan, driver, alias, report)
-        for name, (level, message) in (
-            ("lifetime", _lifetime(plan, facts["wait_timeout"])),
-            ("tls", _tls(options, driver, version)),
-            ("timeouts", _timeouts(options, driver)),
-        ):
+        server = facts["server"]
+        limits.setdefault((server, "user", facts["user"]), (facts, []))[1].append(alias)
+        if "database" in facts:
+            limits.setdefault((server, "database", facts["database"]), (facts, []))[1].append(alias)
+        settings = connections.settings[alias]
+        lifetime = _lifetime(plan, facts["idle_timeout"], facts["idle_timeout_name"])
+        for name, level, message in [
+            ("lifetime", *lifetime),
+            *dialect.checks(plan, settings, facts, pooled),
+        ]:
             report.add(level, name, message, alias=alias)
-        if plan.worker_class == "gthread" and plan.threads > plan.cap:
-            report.add(
-                NOTE,
-                "threads",
-                f"threads: {plan.threads} threads per worker share {plan.cap} connections; "
-                f"the rest wait up to the pool's timeout when all query at once.",
-                alias=alias,
-            )
     for facts, server_aliases in by_server.values():
         report.servers.append({**facts, "aliases": server_aliases})
-        _capacity(plan, facts, server_aliases, len(aliases), report)
-        _shared_server(plan, facts, server_aliases, len(aliases), report)
-    for facts, user_aliases in by_user.values():
-        _per_user(plan, facts, user_aliases, len(aliases), report)
+        _capacity(plan, facts, server_aliases, pooled, report)
+        _connected(facts, report)
+        _shared_server(plan, facts, server_aliases, pooled, report)
+    for (_, kind, who), (facts, limit_aliases) in limits.items():
+        _limit(plan, facts, limit_aliases, pooled, report, kind, who)
     return report
 
 
@@ -566,10 +557,13 @@ def _render(report: Report, plan: Plan) -> str:
         f"{plan.worker_class} workers",
     ]
     for server in report.servers:
+        idle = "off" if server["idle_timeout"] is None else f"{server['idle_timeout']:g} s"
+        kept = server["reserved_connections"]
+        kept = f" ({kept} kept for superusers)" if kept else ""
         lines.append(
             f"server {server['server']} ({server['version']}): max_connections "
-            f"{server['max_connections']}, wait_timeout {server['wait_timeout']} s, "
-            f"Threads_connected {server['threads_connected']}; aliases "
+            f"{server['max_connections']}{kept}, {server['idle_timeout_name']} {idle}, "
+            f"{server['connected_name']} {server['connected']}; aliases "
             f"{', '.join(server['aliases'])}"
         )
     for finding in report.findings:

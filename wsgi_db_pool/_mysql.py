@@ -171,6 +171,10 @@ def abort(raw: Any) -> None:
 
 def close(raw: Any) -> None:
     """Send COM_QUIT and close; falls back to dropping the socket."""
+    if reset_deferred(raw):
+        # Else the reset goes out ahead of COM_QUIT and its replies meet a closed
+        # socket: the server counts an aborted client.
+        del raw._write_bytes, raw._read_packet
     try:
         raw.close()
     except Exception:  # already broken: drop it

@@ -7,6 +7,7 @@ use it for ASGI: Django's async views keep connections per task, not per greenle
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import weakref
@@ -103,11 +104,15 @@ class PoolingMiddleware:
         self._capture_stack = config.capture_stack
         self._ready = False
         self._stop: threading.Event | None = None
+        self._pid = os.getpid()
         install()
         _storage.install_storage()
         _registry.register(self)
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        if self._pid != os.getpid():
+            # Forked without Python's at-fork hooks (uWSGI forks in C): as they would.
+            self._after_fork()
         if not self._ready:
             self._prepare()
         lease = Lease(self._pools, environ.get("PATH_INFO"), self._capture_stack)
@@ -148,6 +153,7 @@ class PoolingMiddleware:
             pool.after_fork()
         self._stop = None
         self._ready = False
+        self._pid = os.getpid()
 
     def _start_reaper(self) -> None:
         # warn_hold too: a hold is then reported within half of warn_hold of passing it.

@@ -26,6 +26,7 @@ from __future__ import annotations
 import enum
 import itertools
 import math
+import os
 import threading
 import time
 from collections import deque
@@ -206,6 +207,7 @@ class Pool:
         # Never held across a greenlet switch or any I/O: see _sync.allocate_native_lock.
         self._lock = _sync.allocate_native_lock()
         self._generation = next(_generations)
+        self._pid = os.getpid()  # the process that owns this state's connections
         self._idle: list[PooledConnection] = []  # a stack: hot on top, the oldest idle at [0]
         self._waiters: deque[_Waiter] = deque()
         # Waiters whose requests hold connections of other aliases: served first.
@@ -238,6 +240,7 @@ class Pool:
         PoolUnavailable when the server is out of reach and the pool has no
         connection left, or the connector's own error when a connect it tried failed.
         """
+        self._check_pid()
         start = monotonic()
         deadline = start + (self._config.timeout if timeout is None else timeout)
         if self._leaked:
@@ -255,6 +258,13 @@ class Pool:
             if entry is not None:
                 return entry
             # The pool backed off meanwhile and the slot went back: decide again.
+
+    def _check_pid(self) -> None:
+        # uWSGI forks in C, and Python's at-fork hooks (after_fork) run only with an
+        # option: whatever the server does, never hand out a connection this process
+        # did not open. No switch between the look and the reset, so greenlets agree.
+        if self._pid != os.getpid():
+            self.after_fork()
 
     def _take(
         self, start: float, deadline: float, holding: int
@@ -1134,8 +1144,8 @@ class Pool:
 
     @property
     def closed(self) -> bool:
-        """Whether ``close()`` was called."""
-        return self._closed
+        """Whether ``close()`` was called (in this process: a parent's close is not the child's)."""
+        return self._closed and self._pid == os.getpid()
 
     # -- numbers ----------------------------------------------------------------
 

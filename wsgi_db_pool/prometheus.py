@@ -23,8 +23,10 @@ gevent)::
 
 The metrics, each with the label ``alias`` (``reason`` too where named):
 
-- gauges ``wsgi_db_pool_open``, ``_idle``, ``_in_use``, ``_waiting``,
-  ``_leaked_pending``, ``_pool_size``, ``_max_overflow``;
+- gauges ``wsgi_db_pool_open_connections``, ``_idle_connections``,
+  ``_in_use_connections``, ``_waiting_checkouts``, ``_opening_connections``,
+  ``_leaked_pending_connections``, ``_pool_size_connections``,
+  ``_max_overflow_connections`` and ``_backed_off`` (0 or 1);
 - counters ``wsgi_db_pool_connects_total``, ``_connect_errors_total``,
   ``_checkouts_total``, ``_recycles_total``, ``_timeouts_total``,
   ``_discards_total{reason}``, ``_rejects_total{reason}``;
@@ -54,7 +56,14 @@ from prometheus_client.registry import Collector
 
 from ._reasons import Reason, Reject
 
-__all__ = ["GAUGES", "TOTALS", "MultiprocessPush", "PoolCollector", "register_collector"]
+__all__ = [
+    "GAUGES",
+    "GAUGE_NAMES",
+    "TOTALS",
+    "MultiprocessPush",
+    "PoolCollector",
+    "register_collector",
+]
 
 
 class _HasStats(Protocol):
@@ -72,6 +81,22 @@ GAUGES: dict[str, str] = {
     "leaked_pending": "Reclaimed connections whose slot is not yet freed",
     "pool_size": "The pool_size setting",
     "max_overflow": "The max_overflow setting",
+}
+
+#: The metric name (after the namespace) of each gauge: Prometheus' conventions end a
+#: name with its unit, here what is counted. Before 0.2 they were the stats() keys
+#: (``wsgi_db_pool_open``, ``_idle``, ``_in_use``, ``_waiting``, ``_connecting``,
+#: ``_leaked_pending``, ``_pool_size``, ``_max_overflow``). ``backed_off`` is 0 or 1.
+GAUGE_NAMES: dict[str, str] = {
+    "open": "open_connections",
+    "idle": "idle_connections",
+    "in_use": "in_use_connections",
+    "waiting": "waiting_checkouts",
+    "connecting": "opening_connections",
+    "backed_off": "backed_off",
+    "leaked_pending": "leaked_pending_connections",
+    "pool_size": "pool_size_connections",
+    "max_overflow": "max_overflow_connections",
 }
 
 #: stats() keys exposed as counters (with ``_total``), with their help text.
@@ -149,7 +174,7 @@ class PoolCollector(Collector):
         ns = self.namespace
         families: list[Metric] = []
         for key, help_text in GAUGES.items():
-            gauge = GaugeMetricFamily(f"{ns}_{key}", help_text, labels=["alias"])
+            gauge = GaugeMetricFamily(f"{ns}_{GAUGE_NAMES[key]}", help_text, labels=["alias"])
             for alias, stats in by_alias.items():
                 if key in stats:
                     gauge.add_metric([alias], float(stats[key]))
@@ -249,7 +274,7 @@ class MultiprocessPush:
         ns = namespace
         self._gauges = {
             key: Gauge(
-                f"{ns}_{key}",
+                f"{ns}_{GAUGE_NAMES[key]}",
                 help_text,
                 ["alias"],
                 registry=registry,
