@@ -35,6 +35,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ._doctor_plan import ERROR, FAIL, NOTE, OK, WARN, WORKER_CLASSES, Plan
+from .config import PoolConfig
 
 __all__ = ["main"]
 
@@ -88,7 +89,6 @@ def _seconds(text: str) -> float | None:
 
 def _default(name: str) -> str:
     """PoolConfig's default for ``name``, as the help shows it: the defaults live there."""
-    from .config import PoolConfig
 
     [found] = [f for f in dataclasses.fields(PoolConfig) if f.name == name]
     value = found.default
@@ -170,7 +170,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _plan(args: argparse.Namespace, from_app: Any) -> Plan:
-    from .config import PoolConfig
 
     base = from_app.config if from_app is not None else PoolConfig()
     chosen = {
@@ -290,8 +289,8 @@ def _lifetime(
             f"then finds it closed at checkout and opens another (the server logs an "
             f"aborted connection). Set max_age below {wait_timeout:g} s."
         )
-    # The reaper closes idle connections at most this late (see PoolingMiddleware).
-    interval = max(min([30.0, *(x / 2 for x in limits)]), 0.05)
+    # The reaper closes idle connections at most this late.
+    interval = PoolConfig(max_age=plan.max_age, max_idle=plan.max_idle).reap_interval
     longest = min(limits) + interval
     if plan.max_age is not None and plan.max_age < wait_timeout and longest < wait_timeout:
         return OK, (

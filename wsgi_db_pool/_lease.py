@@ -18,6 +18,7 @@ from django.db.utils import ConnectionHandler
 
 from . import _storage, _sync
 from ._aliases import dialect
+from ._reasons import Reason
 from .errors import PoolError
 from .pool import Pool, PooledConnection
 
@@ -145,7 +146,7 @@ class Lease:
         return wrapper
 
     def release(self) -> None:
-        """Unbind and give back everything held: reset and recycled, or discarded.
+        """Unbind and check in everything held (the pool resets, recycles or discards).
 
         Every connection is given back even when one reset is interrupted; the first
         BaseException is raised again at the end.
@@ -158,16 +159,16 @@ class Lease:
         error: BaseException | None = None
         for alias, entry in held:
             pool = self.pools[alias]
-            wrapper = entry.conn
             try:
                 if mine:
-                    _storage.unbind(alias, wrapper)
-                reason = pool.connector.reset(wrapper)
+                    _storage.unbind(alias, entry.conn)
             except BaseException as exc:
                 error = error or exc
-                reason = "interrupted"
+                pool.checkin(entry, Reason.INTERRUPTED)
+                continue
             try:
-                pool.checkin(entry, reason)
+                # The pool resets it, then recycles or discards it.
+                pool.checkin(entry)
             except BaseException as exc:  # the slot is freed; the others still go back
                 error = error or exc
         if error is not None:

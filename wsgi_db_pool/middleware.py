@@ -156,15 +156,7 @@ class PoolingMiddleware:
         self._pid = os.getpid()
 
     def _start_reaper(self) -> None:
-        # warn_hold too: a hold is then reported within half of warn_hold of passing it.
-        config = self.config
-        limits = [
-            x
-            for x in (config.max_idle, config.overflow_max_idle, config.max_age, config.warn_hold)
-            if x is not None
-        ]
-        interval = min([30.0, *(x / 2 for x in limits)])
-        interval = max(interval, 0.05)
+        interval = self.config.reap_interval
         # threading as it is now: a greenlet once gevent has patched it.
         stop = threading.Event()
         self._stop = stop
