@@ -83,6 +83,31 @@ def root_connect() -> pymysql.connections.Connection:
         ) from exc
 
 
+class PeakSampler:
+    """``with PeakSampler(server.count) as sampled:`` -- the highest count seen while the
+    block runs, sampled in a greenlet of its own every ``every`` seconds."""
+
+    def __init__(self, count: Callable[[], int], every: float = 0.01) -> None:
+        self.count = count
+        self.every = every
+        self.peak = 0
+        self._done = False
+        self._greenlet: Any = None
+
+    def _sample(self) -> None:
+        while not self._done:
+            self.peak = max(self.peak, self.count())
+            gevent.sleep(self.every)
+
+    def __enter__(self) -> PeakSampler:
+        self._greenlet = gevent.spawn(self._sample)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done = True
+        self._greenlet.join()
+
+
 class Server:
     """What MariaDB itself sees, asked through a root connection of our own."""
 

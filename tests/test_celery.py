@@ -20,7 +20,7 @@ from typing import Any
 import gevent
 import pytest
 
-from tests.conftest import Server
+from tests.conftest import PeakSampler, Server
 
 pytestmark = pytest.mark.slow
 
@@ -88,22 +88,10 @@ def test_gevent_worker_runs_pooled_tasks_within_the_cap(
     worker: Path, client: Any, server: Server
 ) -> None:
     """300 tasks on 100 greenlets: all succeed on at most the cap of connections, reused."""
-    peak = 0
-    done = False
-
-    def sample() -> None:
-        nonlocal peak
-        while not done:
-            peak = max(peak, server.count())
-            gevent.sleep(0.01)
-
-    sampler = gevent.spawn(sample)
-    try:
+    with PeakSampler(server.count) as sampled:
         results = [client.send_task("proj.tasks.hold", args=[0.02]) for _ in range(TASKS)]
         answers = [r.get(timeout=120) for r in results]
-    finally:
-        done = True
-        sampler.join()
+    peak = sampled.peak
     assert len(answers) == TASKS
     assert len({a["pid"] for a in answers}) == 1
     conn_ids = {a["conn_id"] for a in answers}

@@ -17,7 +17,7 @@ import gevent
 import gevent.pool
 import pytest
 
-from tests.conftest import Pooled, Server, events
+from tests.conftest import PeakSampler, Pooled, Server, events
 from tests.test_servers import _free_port, _get
 from wsgi_db_pool.pool import PooledConnection
 
@@ -119,23 +119,10 @@ def _burst(
     g: Gunicorn, server: Server, path: str, n: int, concurrency: int
 ) -> tuple[list[int], int]:
     """n requests, concurrency at a time: the statuses and the peak server connection count."""
-    peak = 0
-    done = False
-
-    def sample() -> None:
-        nonlocal peak
-        while not done:
-            peak = max(peak, server.count())
-            gevent.sleep(0.01)
-
-    sampler = gevent.spawn(sample)
-    try:
-        group = gevent.pool.Pool(concurrency)
+    group = gevent.pool.Pool(concurrency)
+    with PeakSampler(server.count) as sampled:
         statuses = [status for status, _ in group.imap_unordered(lambda _: g.get(path), range(n))]
-    finally:
-        done = True
-        sampler.join()
-    return statuses, peak
+    return statuses, sampled.peak
 
 
 def _metric(text: str, name: str, **labels: str) -> float:

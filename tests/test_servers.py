@@ -15,7 +15,7 @@ from pathlib import Path
 import gevent
 import pytest
 
-from tests.conftest import Server
+from tests.conftest import PeakSampler, Server
 
 ROOT = Path(__file__).resolve().parent.parent
 CAP = 3  # TEST_POOL_SIZE 2 + TEST_MAX_OVERFLOW 1, as set below
@@ -88,23 +88,10 @@ def gunicorn(server: Server) -> Iterator[object]:
 
 def _burst(port: int, server: Server, path: str, n: int, concurrency: int) -> tuple[list[int], int]:
     """Fire n requests, concurrency at a time; return statuses and the peak server count."""
-    peak = 0
-    done = False
-
-    def sample() -> None:
-        nonlocal peak
-        while not done:
-            peak = max(peak, server.count())
-            gevent.sleep(0.02)
-
-    sampler = gevent.spawn(sample)
     pool = gevent.pool.Pool(concurrency)
-    try:
+    with PeakSampler(server.count, every=0.02) as sampled:
         statuses = [s for s, _ in pool.imap_unordered(lambda _: _get(port, path), range(n))]
-    finally:
-        done = True
-        sampler.join()
-    return statuses, peak
+    return statuses, sampled.peak
 
 
 @pytest.mark.slow

@@ -13,7 +13,7 @@ import ssl
 import sys
 from typing import Any
 
-from ._doctor_plan import FAIL, NOTE, OK, WARN, Plan
+from ._doctor_plan import FAIL, NOTE, OK, WARN, Plan, driver_finding
 
 TIMEOUTS = ("connect_timeout", "read_timeout", "write_timeout")
 # PyMySQL options that make it build a TLS context from a dict on every connect.
@@ -83,17 +83,7 @@ def _driver(plan: Plan, driver: str) -> tuple[str, str]:
             "connect or a ping. Use PyMySQL (pymysql.install_as_MySQLdb() before Django "
             "loads its backend; if your wsgi.py does that, pass --app), or a gthread worker."
         )
-    if plan.worker_class == "gevent":
-        return OK, f"driver: {driver} under gevent: its socket I/O yields to other greenlets."
-    if plan.worker_class == "gthread":
-        return OK, (
-            f"driver: {driver} under gthread: real threads, a query blocks only its own "
-            f"thread; a worker serves at most {plan.threads} request(s) at once."
-        )
-    return OK, (
-        f"driver: {driver} under sync: one request at a time per process, so a query blocks "
-        f"only its own process."
-    )
+    return driver_finding(plan, driver, "its socket I/O yields to other greenlets.")
 
 
 def tls(options: dict[str, Any], driver: str, version: str) -> tuple[str, str]:

@@ -82,3 +82,18 @@ class Plan:
             return f"{most} (threads)"
         extra = f" + {pooled - 1}" if pooled > 1 else ""
         return f"({self.pool_size} + {self.max_overflow}{extra})"
+
+
+def driver_finding(plan: Plan, driver: str, under_gevent: str) -> tuple[str, str]:
+    """The "driver" finding once the driver is known to suit gevent, per worker class."""
+    if plan.worker_class == "gevent":
+        return OK, f"driver: {driver} under gevent: {under_gevent}"
+    if plan.worker_class == "gthread":
+        return OK, (
+            f"driver: {driver} under gthread: real threads, a query blocks only its own "
+            f"thread; a worker serves at most {plan.threads} request(s) at once."
+        )
+    return OK, (
+        f"driver: {driver} under sync: one request at a time per process, so a query blocks "
+        f"only its own process."
+    )

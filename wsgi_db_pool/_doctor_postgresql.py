@@ -15,7 +15,7 @@ import importlib
 import os
 from typing import Any
 
-from ._doctor_plan import NOTE, OK, WARN, Plan
+from ._doctor_plan import NOTE, OK, WARN, Plan, driver_finding
 
 _SETTINGS = (
     "max_connections",
@@ -117,17 +117,7 @@ def _driver(plan: Plan) -> tuple[str, str]:
                 f"every greenlet of the worker. Ignore this if your gunicorn.conf.py or "
                 f"wsgi.py installs it (pass --app to let the check see it), or use psycopg 3."
             )
-    if plan.worker_class == "gevent":
-        return OK, f"driver: {name} under gevent: it waits on its socket yielding to greenlets."
-    if plan.worker_class == "gthread":
-        return OK, (
-            f"driver: {name} under gthread: real threads, a query blocks only its own "
-            f"thread; a worker serves at most {plan.threads} request(s) at once."
-        )
-    return OK, (
-        f"driver: {name} under sync: one request at a time per process, so a query blocks "
-        f"only its own process."
-    )
+    return driver_finding(plan, name, "it waits on its socket yielding to greenlets.")
 
 
 def _timeouts(options: dict[str, Any]) -> tuple[str, str]:
