@@ -24,7 +24,6 @@ module opens no connection.
 from __future__ import annotations
 
 import atexit
-import collections
 import json
 import os
 import sys
@@ -232,11 +231,26 @@ urlpatterns = [
 application: Any = get_wsgi_application()
 
 
-class _NewestFirst(collections.deque):  # type: ignore[type-arg]
-    """A deque whose popleft() takes the newest item: the pool's waiters served LIFO."""
+def _order_policy(handoff: str) -> Any:
+    """BENCH_HANDOFF's order of service: fifo, lifo, bounded:<ms>, adaptive:<factor>, barge:<ms>."""
+    from wsgi_db_pool import _order
 
-    def popleft(self) -> Any:
-        return self.pop()
+    name, _, arg = handoff.partition(":")
+    if name == "fifo":
+        return _order.Fifo
+    if name == "lifo":
+        return _order.Lifo
+    if name == "bounded":
+        return lambda: _order.BoundedLifo(float(arg or 100) / 1000)
+    if name == "adaptive":
+        return lambda: _order.AdaptiveLifo(float(arg or 2))
+    if name == "barge":
+        return lambda: _order.BoundedBarging(float(arg or 100) / 1000)
+    if name == "bargex":  # the bound at <factor> times the mean wait, at least 20 ms
+        return lambda: _order.BoundedBarging(0.02, float(arg or 2))
+    raise ValueError(
+        f"BENCH_HANDOFF={handoff!r}: fifo, lifo, bounded:<ms>, adaptive:<factor>, barge:<ms>"
+    )
 
 
 if CONFIG == "dbpooling":
@@ -248,13 +262,13 @@ if CONFIG == "dbpooling":
 elif CONFIG == "ours":
     from wsgi_db_pool import PoolingMiddleware
 
-    if os.environ.get("BENCH_HANDOFF", "fifo") == "lifo":
-        # The order experiment only (run.py's "order" phase): a freed connection goes
-        # to the newest waiter instead of the oldest, everything else unchanged, to
-        # measure what first come, first served costs. Never a setting of the library.
-        from wsgi_db_pool import pool as _pool
+    if "BENCH_HANDOFF" in os.environ:
+        # The order experiment only (run.py's "order" phase): which waiter a freed
+        # connection goes to (wsgi_db_pool/_order.py), everything else unchanged.
+        # A private switch of the pool, never a setting of the library.
+        from wsgi_db_pool.pool import Pool
 
-        _pool.deque = _NewestFirst  # type: ignore[attr-defined,misc]
+        Pool._order_policy = _order_policy(os.environ["BENCH_HANDOFF"])
 
     application = PoolingMiddleware(
         application,

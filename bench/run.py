@@ -79,9 +79,10 @@ class Plan:
     micro: bool = True
     fairness_s: float = 5.0
     profile_s: float = 10.0
-    # Rounds of the order experiment: pk read at 200 clients, ours FIFO against ours
-    # LIFO (bench/app.py BENCH_HANDOFF) against django-db-pooling, interleaved.
+    # Rounds of the order experiment: pk read, ours with each order of service
+    # (bench/app.py BENCH_HANDOFF) against django-db-pooling and stock, interleaved.
     order_rounds: int = 0
+    order_clients: tuple[int, ...] = (200, 500)
     notes: list[str] = field(default_factory=list)
 
 
@@ -451,34 +452,51 @@ def run_one(
 
 # -- what first come, first served costs ---------------------------------------------------
 
-ORDER_VARIANTS = (("ours", "fifo"), ("ours", "lifo"), ("dbpooling", None))
+# (configuration, BENCH_HANDOFF): the orders of service of wsgi_db_pool/_order.py
+# (bounded: LIFO while the oldest waiter has waited under the bound in ms; adaptive:
+# the bound at that many times the mean wait), then the peer and stock.
+ORDER_VARIANTS: tuple[tuple[str, str | None], ...] = (
+    ("ours", "fifo"),
+    ("ours", "lifo"),
+    ("ours", "bounded:100"),
+    ("ours", "adaptive:2"),
+    ("dbpooling", None),
+    ("stock60", None),
+)
 
 
-def run_order(plan: Plan, out: Path, server: Server) -> list[dict[str, Any]]:
-    """pk read at 200: ours as shipped, ours handing off to the newest waiter, the peer."""
+def run_order(
+    plan: Plan,
+    out: Path,
+    server: Server,
+    variants: tuple[tuple[str, str | None], ...] = ORDER_VARIANTS,
+) -> list[dict[str, Any]]:
+    """pk read: ours with each order of service, the peer and stock, interleaved per round."""
     records = []
     for round_no in range(1, plan.order_rounds + 1):
         print(f"order experiment, round {round_no}/{plan.order_rounds}", flush=True)
-        for config, handoff in ORDER_VARIANTS:
-            if config not in plan.configs:
-                continue
-            os.environ["BENCH_HANDOFF"] = handoff or "fifo"
-            try:
-                record = run_one(
-                    f"order-{handoff}" if handoff else "order",
-                    round_no,
-                    config,
-                    "pk",
-                    200,
-                    plan,
-                    plan.duration_s,
-                    out,
-                    server,
-                )
-            finally:
-                os.environ.pop("BENCH_HANDOFF", None)
-            record["handoff"] = handoff
-            records.append(record)
+        for clients in plan.order_clients:
+            for config, handoff in variants:
+                if config not in plan.configs:
+                    continue
+                if handoff:
+                    os.environ["BENCH_HANDOFF"] = handoff
+                try:
+                    record = run_one(
+                        f"order-{handoff}" if handoff else "order",
+                        round_no,
+                        config,
+                        "pk",
+                        clients,
+                        plan,
+                        plan.duration_s,
+                        out,
+                        server,
+                    )
+                finally:
+                    os.environ.pop("BENCH_HANDOFF", None)
+                record["handoff"] = handoff
+                records.append(record)
     return records
 
 
