@@ -13,6 +13,7 @@ altogether to bound what cutting it could give.
 
 from __future__ import annotations
 
+import _thread
 import argparse
 import contextlib
 import json
@@ -29,7 +30,9 @@ sys.path.insert(0, str(HERE))
 
 import micro  # noqa: E402  (checks gevent's patching, sets up Django)
 
+from wsgi_db_pool import _lease  # noqa: E402
 from wsgi_db_pool import middleware as _middleware  # noqa: E402
+from wsgi_db_pool._closing import Response  # noqa: E402
 from wsgi_db_pool.pool import Pool  # noqa: E402
 
 Patch = Callable[[], contextlib.AbstractContextManager[None]]
@@ -61,10 +64,28 @@ def no_pid_syscall_in_middleware() -> contextlib.AbstractContextManager[None]:
     return patched(_middleware, "os", SimpleNamespace(getpid=lambda: pid))
 
 
+@contextlib.contextmanager
+def no_response_finalizer() -> Iterator[None]:
+    # An upper bound: the response wrapper's __del__ (the reclaim of unclosed responses).
+    finalizer = Response.__dict__["__del__"]
+    del Response.__del__
+    try:
+        yield
+    finally:
+        Response.__del__ = finalizer  # type: ignore[method-assign]
+
+
+def get_ident_direct() -> contextlib.AbstractContextManager[None]:
+    # The lease asks _thread (gevent's, once patched) itself, not through _sync's frame.
+    return patched(_lease, "_sync", SimpleNamespace(get_ident=_thread.get_ident))
+
+
 VARIANTS: dict[str, Patch] = {
     "as is": as_is,
     "no pid check in Pool.checkout (bound)": no_pool_pid_check,
     "middleware getpid cached (bound)": no_pid_syscall_in_middleware,
+    "Response without __del__ (bound)": no_response_finalizer,
+    "lease: _thread.get_ident direct": get_ident_direct,
 }
 
 

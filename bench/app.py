@@ -33,7 +33,7 @@ from collections import Counter
 from typing import Any, ClassVar
 
 import pymysql
-from _common import CONFIGS, DB_HOST, DB_NAME, DB_PORT, DB_USER, TABLE
+from _common import CONFIGS, DB_HOST, DB_NAME, DB_PORT, DB_USER, TABLE, order_policy
 
 # Django's MySQL backend (and every peer) imports "MySQLdb"; PyMySQL stands in for it
 # and yields to gevent, where mysqlclient would block the whole worker.
@@ -231,28 +231,6 @@ urlpatterns = [
 application: Any = get_wsgi_application()
 
 
-def _order_policy(handoff: str) -> Any:
-    """BENCH_HANDOFF's order of service: fifo, lifo, bounded:<ms>, adaptive:<factor>, barge:<ms>."""
-    from wsgi_db_pool import _order
-
-    name, _, arg = handoff.partition(":")
-    if name == "fifo":
-        return _order.Fifo
-    if name == "lifo":
-        return _order.Lifo
-    if name == "bounded":
-        return lambda: _order.BoundedLifo(float(arg or 100) / 1000)
-    if name == "adaptive":
-        return lambda: _order.AdaptiveLifo(float(arg or 2))
-    if name == "barge":
-        return lambda: _order.BoundedBarging(float(arg or 100) / 1000)
-    if name == "bargex":  # the bound at <factor> times the mean wait, at least 20 ms
-        return lambda: _order.BoundedBarging(0.02, float(arg or 2))
-    raise ValueError(
-        f"BENCH_HANDOFF={handoff!r}: fifo, lifo, bounded:<ms>, adaptive:<factor>, barge:<ms>"
-    )
-
-
 if CONFIG == "dbpooling":
     from django_db_pooling import pooling
 
@@ -268,7 +246,7 @@ elif CONFIG == "ours":
         # A private switch of the pool, never a setting of the library.
         from wsgi_db_pool.pool import Pool
 
-        Pool._order_policy = _order_policy(os.environ["BENCH_HANDOFF"])
+        Pool._order_policy = order_policy(os.environ["BENCH_HANDOFF"])
 
     application = PoolingMiddleware(
         application,
