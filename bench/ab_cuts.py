@@ -13,7 +13,6 @@ altogether to bound what cutting it could give.
 
 from __future__ import annotations
 
-import _thread
 import argparse
 import contextlib
 import json
@@ -28,24 +27,31 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+import fairness  # noqa: E402
 import micro  # noqa: E402  (checks gevent's patching, sets up Django)
 
-from wsgi_db_pool import _lease  # noqa: E402
+from wsgi_db_pool import _lease, _sync  # noqa: E402
 from wsgi_db_pool import middleware as _middleware  # noqa: E402
+from wsgi_db_pool import pool as _pool  # noqa: E402
 from wsgi_db_pool._closing import Response  # noqa: E402
-from wsgi_db_pool.pool import Pool  # noqa: E402
+from wsgi_db_pool.pool import Pool, PooledConnection  # noqa: E402
 
 Patch = Callable[[], contextlib.AbstractContextManager[None]]
 
 
 @contextlib.contextmanager
 def patched(target: Any, name: str, value: Any) -> Iterator[None]:
-    old = target.__dict__[name] if isinstance(target, type) else getattr(target, name)
+    missing = object()
+    space = target.__dict__ if isinstance(target, type) else vars(target)
+    old = space.get(name, missing)
     setattr(target, name, value)
     try:
         yield
     finally:
-        setattr(target, name, old)
+        if old is missing:
+            delattr(target, name)
+        else:
+            setattr(target, name, old)
 
 
 @contextlib.contextmanager
@@ -53,9 +59,62 @@ def as_is() -> Iterator[None]:
     yield
 
 
-def no_pool_pid_check() -> contextlib.AbstractContextManager[None]:
-    # An upper bound: what the pool's own pid check costs a checkout.
-    return patched(Pool, "_check_pid", lambda self: None)
+# -- the code before each cut, copied from the commit before it -------------------------
+
+
+def before_checkout(
+    self: Pool, timeout: float | None = None, *, holding: int = 0
+) -> PooledConnection:
+    self._check_pid()  # type: ignore[attr-defined]
+    start = _pool.monotonic()
+    deadline = start + (self._config.timeout if timeout is None else timeout)
+    if self._leaked:
+        self.drain_leaked()
+    while True:
+        got = self._take(start, deadline, holding)
+        if got is _pool._PROBE:
+            return self._probe_for(start, deadline)
+        if got is not _pool._SLOT:
+            now = got.checked_out_at
+            if self._usable(got, now, deadline):
+                return self._hand_out(got, start, now)
+        entry = self._connect(_pool._Attempt.for_checkout(start, deadline))
+        if entry is not None:
+            return entry
+
+
+def before_check_pid(self: Pool) -> None:
+    if self._pid != os.getpid():
+        self.after_fork()
+
+
+@contextlib.contextmanager
+def checkout_through_check_pid() -> Iterator[None]:
+    with patched(Pool, "checkout", before_checkout), patched(Pool, "_check_pid", before_check_pid):
+        yield
+
+
+def lease_through_sync() -> contextlib.AbstractContextManager[None]:
+    # The lease asked _sync.get_ident(), a frame around _thread.get_ident().
+    return patched(_lease, "_thread", SimpleNamespace(get_ident=_sync.get_ident))
+
+
+def before_gevent_patched() -> bool:
+    monkey = sys.modules.get("gevent.monkey")
+    return monkey is not None and bool(monkey.is_module_patched("threading"))
+
+
+def gevent_patched_uncached() -> contextlib.AbstractContextManager[None]:
+    return patched(_sync, "gevent_patched", before_gevent_patched)
+
+
+# -- bounds: a piece taken out altogether -------------------------------------------------
+
+
+def pool_getpid_cached() -> contextlib.AbstractContextManager[None]:
+    # An upper bound: what the pool's os.getpid() (a system call) costs a checkout.
+    pid = os.getpid()
+    return patched(_pool, "os", SimpleNamespace(getpid=lambda: pid))
 
 
 def no_pid_syscall_in_middleware() -> contextlib.AbstractContextManager[None]:
@@ -75,17 +134,14 @@ def no_response_finalizer() -> Iterator[None]:
         Response.__del__ = finalizer  # type: ignore[method-assign]
 
 
-def get_ident_direct() -> contextlib.AbstractContextManager[None]:
-    # The lease asks _thread (gevent's, once patched) itself, not through _sync's frame.
-    return patched(_lease, "_sync", SimpleNamespace(get_ident=_thread.get_ident))
-
-
 VARIANTS: dict[str, Patch] = {
     "as is": as_is,
-    "no pid check in Pool.checkout (bound)": no_pool_pid_check,
-    "middleware getpid cached (bound)": no_pid_syscall_in_middleware,
-    "Response without __del__ (bound)": no_response_finalizer,
-    "lease: _thread.get_ident direct": get_ident_direct,
+    "before: Pool.checkout via _check_pid()": checkout_through_check_pid,
+    "before: lease via _sync.get_ident()": lease_through_sync,
+    "before: gevent_patched() uncached": gevent_patched_uncached,
+    "bound: pool's getpid cached": pool_getpid_cached,
+    "bound: middleware's getpid cached": no_pid_syscall_in_middleware,
+    "bound: Response without __del__": no_response_finalizer,
 }
 
 
@@ -106,6 +162,7 @@ def main() -> int:
         "bookkeeping": lambda: pool.checkin(pool.checkout()),
     }
     numbers = {"nodb": args.number, "touch": args.number, "bookkeeping": args.number * 10}
+    contended: dict[str, list[float]] = {n: [] for n in VARIANTS}
     names = list(VARIANTS)
     blocks: dict[str, dict[str, list[float]]] = {n: {k: [] for k in calls} for n in names}
     with stock.unbound():
@@ -118,6 +175,8 @@ def main() -> int:
                     for key, fn in calls.items():
                         fn()
                         blocks[name][key].append(micro.per_call_us(fn, numbers[key]))
+                    # CPU per contended checkout: 200 greenlets on 20 connections.
+                    contended[name].append(fairness.cpu_per_checkout(fairness.ours, 0.3))
     mw.close()
     base = names[0]
     result: dict[str, Any] = {}
@@ -130,13 +189,18 @@ def main() -> int:
                 "median_us": round(statistics.median(blocks[name][key]), 3),
                 "min_delta_us": round(best - min(blocks[base][key]), 3),
             }
+        row["contended_cpu"] = {
+            "min_us": min(contended[name]),
+            "median_us": statistics.median(contended[name]),
+            "min_delta_us": round(min(contended[name]) - min(contended[base]), 3),
+        }
         result[name] = row
         print(
             f"{name:<44} "
             + "  ".join(
                 f"{key} {row[key]['min_us']:7.2f} ({row[key]['min_delta_us']:+.2f}) "
                 f"med {row[key]['median_us']:7.2f}"
-                for key in calls
+                for key in [*calls, "contended_cpu"]
             ),
             flush=True,
         )
