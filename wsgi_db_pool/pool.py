@@ -244,7 +244,12 @@ class Pool:
         PoolUnavailable when the server is out of reach and the pool has no
         connection left, or the connector's own error when a connect it tried failed.
         """
-        self._check_pid()
+        if self._pid != os.getpid():
+            # uWSGI forks in C, and Python's at-fork hooks (after_fork) run only with
+            # an option: whatever the server does, never hand out a connection this
+            # process did not open. No switch between the look and the reset, so
+            # greenlets agree. (Inline: a method call here costs every checkout.)
+            self.after_fork()
         start = monotonic()
         deadline = start + (self._config.timeout if timeout is None else timeout)
         if self._leaked:
@@ -262,13 +267,6 @@ class Pool:
             if entry is not None:
                 return entry
             # The pool backed off meanwhile and the slot went back: decide again.
-
-    def _check_pid(self) -> None:
-        # uWSGI forks in C, and Python's at-fork hooks (after_fork) run only with an
-        # option: whatever the server does, never hand out a connection this process
-        # did not open. No switch between the look and the reset, so greenlets agree.
-        if self._pid != os.getpid():
-            self.after_fork()
 
     def _take(
         self, start: float, deadline: float, holding: int
