@@ -150,6 +150,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--number", type=int, default=3000)
     parser.add_argument("--out", type=Path, default=HERE / "out" / "ab_cuts.json")
+    parser.add_argument("--only", help="comma-separated words: the variants named with one")
     args = parser.parse_args()
 
     stock = micro.Stock()
@@ -163,7 +164,11 @@ def main() -> int:
     }
     numbers = {"nodb": args.number, "touch": args.number, "bookkeeping": args.number * 10}
     contended: dict[str, list[float]] = {n: [] for n in VARIANTS}
-    names = list(VARIANTS)
+    names = [
+        name
+        for name in VARIANTS
+        if name == "as is" or not args.only or any(w in name for w in args.only.split(","))
+    ]
     blocks: dict[str, dict[str, list[float]]] = {n: {k: [] for k in calls} for n in names}
     with stock.unbound():
         for fn in calls.values():
