@@ -7,6 +7,7 @@ import itertools
 import os
 import time
 from collections.abc import Callable
+from typing import Any
 
 # Order of the tables and of each round.
 CONFIGS = ("stock0", "stock60", "dbpooling", "dbcp", "geventpool", "ours")
@@ -98,3 +99,25 @@ def per_second(call: Callable[[], None], number: int) -> float:
         return number / (time.perf_counter() - start)
     finally:
         gc.enable()
+
+
+def order_policy(handoff: str) -> Any:
+    """BENCH_HANDOFF's order of service: fifo, lifo, bounded:<ms>, adaptive:<factor>, barge:<ms>."""
+    from wsgi_db_pool import _order
+
+    name, _, arg = handoff.partition(":")
+    if name == "fifo":
+        return _order.Fifo
+    if name == "lifo":
+        return _order.Lifo
+    if name == "bounded":
+        return lambda: _order.BoundedLifo(float(arg or 100) / 1000)
+    if name == "adaptive":
+        return lambda: _order.AdaptiveLifo(float(arg or 2))
+    if name == "barge":
+        return lambda: _order.BoundedBarging(float(arg or 100) / 1000)
+    if name == "bargex":  # the bound at <factor> times the mean wait, at least 20 ms
+        return lambda: _order.BoundedBarging(0.02, float(arg or 2))
+    raise ValueError(
+        f"BENCH_HANDOFF={handoff!r}: fifo, lifo, bounded:<ms>, adaptive:<factor>, barge:<ms>"
+    )

@@ -24,7 +24,6 @@ module opens no connection.
 from __future__ import annotations
 
 import atexit
-import collections
 import json
 import os
 import sys
@@ -34,7 +33,7 @@ from collections import Counter
 from typing import Any, ClassVar
 
 import pymysql
-from _common import CONFIGS, DB_HOST, DB_NAME, DB_PORT, DB_USER, TABLE
+from _common import CONFIGS, DB_HOST, DB_NAME, DB_PORT, DB_USER, TABLE, order_policy
 
 # Django's MySQL backend (and every peer) imports "MySQLdb"; PyMySQL stands in for it
 # and yields to gevent, where mysqlclient would block the whole worker.
@@ -232,13 +231,6 @@ urlpatterns = [
 application: Any = get_wsgi_application()
 
 
-class _NewestFirst(collections.deque):  # type: ignore[type-arg]
-    """A deque whose popleft() takes the newest item: the pool's waiters served LIFO."""
-
-    def popleft(self) -> Any:
-        return self.pop()
-
-
 if CONFIG == "dbpooling":
     from django_db_pooling import pooling
 
@@ -248,13 +240,13 @@ if CONFIG == "dbpooling":
 elif CONFIG == "ours":
     from wsgi_db_pool import PoolingMiddleware
 
-    if os.environ.get("BENCH_HANDOFF", "fifo") == "lifo":
-        # The order experiment only (run.py's "order" phase): a freed connection goes
-        # to the newest waiter instead of the oldest, everything else unchanged, to
-        # measure what first come, first served costs. Never a setting of the library.
-        from wsgi_db_pool import pool as _pool
+    if "BENCH_HANDOFF" in os.environ:
+        # The order experiment only (run.py's "order" phase): which waiter a freed
+        # connection goes to (wsgi_db_pool/_order.py), everything else unchanged.
+        # A private switch of the pool, never a setting of the library.
+        from wsgi_db_pool.pool import Pool
 
-        _pool.deque = _NewestFirst  # type: ignore[attr-defined,misc]
+        Pool._order_policy = order_policy(os.environ["BENCH_HANDOFF"])
 
     application = PoolingMiddleware(
         application,

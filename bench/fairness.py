@@ -14,6 +14,7 @@ design of django-db-pooling and django-mysql-geventpool).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import statistics
@@ -32,6 +33,10 @@ from wsgi_db_pool.config import PoolConfig
 from wsgi_db_pool.pool import Pool
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from _common import order_policy  # noqa: E402
+
 GREENLETS = 200
 CONNECTIONS = 20
 HOLD_S = 0.002
@@ -62,7 +67,7 @@ class _Connector:
         pass
 
 
-def ours() -> tuple[Callable[[], Any], Callable[[Any], None]]:
+def ours(handoff: str = "fifo") -> tuple[Callable[[], Any], Callable[[Any], None]]:
     config = PoolConfig(
         pool_size=CONNECTIONS,
         max_overflow=0,
@@ -76,6 +81,8 @@ def ours() -> tuple[Callable[[], Any], Callable[[Any], None]]:
         wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
     )
     pool = Pool("fairness", _Connector(), config, log)
+    # The order of service, as bench/app.py's BENCH_HANDOFF picks it.
+    pool._order = order_policy(handoff)()
     # Open all of them first, as the queue-based pool starts full.
     entries = [pool.checkout() for _ in range(CONNECTIONS)]
     for entry in entries:
@@ -168,6 +175,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description="checkout fairness under contention")
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--out", type=Path, default=HERE / "out" / "fairness.json")
+    parser.add_argument(
+        "--orders", default="fifo", help="wsgi_db_pool's orders of service (BENCH_HANDOFF values)"
+    )
+    parser.add_argument("--rounds", type=int, default=1, help="interleaved rounds")
     args = parser.parse_args()
     if not gevent.monkey.is_module_patched("threading"):
         raise SystemExit("run as: python -m gevent.monkey fairness.py")
@@ -178,18 +189,31 @@ def main() -> int:
         "seconds": args.seconds,
         "pools": {},
     }
-    for name, make in (("wsgi_db_pool Pool", ours), ("gevent.queue.Queue", queue_pool)):
-        found = measure(make, args.seconds)
-        found["cpu_us_per_checkout"] = cpu_per_checkout(make, min(args.seconds, 2.0))
-        result["pools"][name] = found
-        per, wait = found["per_greenlet"], found["wait_ms"]
-        print(
-            f"  {name:<20} checkouts {found['checkouts']:6d}  per greenlet min {per['min']}"
-            f" median {per['median']} max {per['max']} (<=1: {per['at_most_once']})"
-            f"  wait median {wait['median']} ms p99 {wait['p99']} ms max {wait['max']} ms"
-            f"  CPU per contended checkout {found['cpu_us_per_checkout']} us",
-            flush=True,
+    pools: list[tuple[str, Callable[[], tuple[Callable[[], Any], Callable[[Any], None]]]]] = [
+        (
+            "wsgi_db_pool Pool" + ("" if handoff == "fifo" else f" {handoff}"),
+            functools.partial(ours, handoff),
         )
+        for handoff in args.orders.split(",")
+    ]
+    pools.append(("gevent.queue.Queue", queue_pool))
+    for round_no in range(args.rounds):
+        for name, make in pools:
+            found = measure(make, args.seconds)
+            found["cpu_us_per_checkout"] = cpu_per_checkout(make, min(args.seconds, 2.0))
+            if args.rounds > 1:
+                found["round"] = round_no + 1
+                result["pools"].setdefault(name, []).append(found)
+            else:
+                result["pools"][name] = found
+            per, wait = found["per_greenlet"], found["wait_ms"]
+            print(
+                f"  {name:<20} checkouts {found['checkouts']:6d}  per greenlet min {per['min']}"
+                f" median {per['median']} max {per['max']} (<=1: {per['at_most_once']})"
+                f"  wait median {wait['median']} ms p99 {wait['p99']} ms max {wait['max']} ms"
+                f"  CPU per contended checkout {found['cpu_us_per_checkout']} us",
+                flush=True,
+            )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
     return 0

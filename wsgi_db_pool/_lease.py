@@ -9,6 +9,7 @@ it and recycles or discards it.
 
 from __future__ import annotations
 
+import _thread
 import contextvars
 import traceback
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 from django.db import connections
 from django.db.utils import ConnectionHandler
 
-from . import _storage, _sync
+from . import _storage
 from ._aliases import dialect
 from ._reasons import Reason
 from .errors import PoolError
@@ -77,7 +78,9 @@ class Lease:
         self.pools = pools
         self.where = where
         self.capture_stack = capture_stack
-        self.owner = _sync.get_ident()
+        # The greenlet's ident under gevent (it patches _thread.get_ident, looked up
+        # at each call here); direct, not through _sync: a frame less per call.
+        self.owner = _thread.get_ident()
         self.held: list[tuple[str, PooledConnection]] | None = None  # made on first checkout
         self.active = True
         # The error that made a checkout fail because the database was out of reach.
@@ -114,10 +117,10 @@ class Lease:
 
     def wants_any(self) -> bool:
         """Whether this lease serves the current greenlet or thread."""
-        return self.active and self.owner == _sync.get_ident()
+        return self.active and self.owner == _thread.get_ident()
 
     def wants(self, alias: str) -> bool:
-        return self.active and alias in self.pools and self.owner == _sync.get_ident()
+        return self.active and alias in self.pools and self.owner == _thread.get_ident()
 
     def checkout(self, alias: str) -> Any:
         # What this request already holds of other aliases: the pool serves it first
@@ -155,7 +158,7 @@ class Lease:
         held, self.held = self.held, None
         if not held:
             return
-        mine = self.owner == _sync.get_ident()
+        mine = self.owner == _thread.get_ident()
         error: BaseException | None = None
         for alias, entry in held:
             pool = self.pools[alias]
@@ -179,7 +182,7 @@ class Lease:
         try:
             self.release()
         finally:
-            if self.aside is not None and self.owner == _sync.get_ident():
+            if self.aside is not None and self.owner == _thread.get_ident():
                 _storage.bound().update(self.aside)
                 self.aside = None
             token, self.token = self.token, None
@@ -198,7 +201,7 @@ class Lease:
         # goes on): unbind them there too, or its next request would find them
         # bound. Only those very wrappers: a later request of the same greenlet
         # may be running, with its own bound. Wrappers set aside stay aside.
-        mine = self.owner == _sync.get_ident()
+        mine = self.owner == _thread.get_ident()
         for alias, entry in held or ():
             try:
                 if mine:

@@ -40,10 +40,17 @@ def get_ident() -> int:
     return _thread.get_ident()
 
 
+_patched = False
+
+
 def gevent_patched() -> bool:
     """Whether gevent has patched ``threading`` in this process (never imports gevent)."""
-    monkey = sys.modules.get("gevent.monkey")
-    return monkey is not None and bool(monkey.is_module_patched("threading"))
+    global _patched
+    # Asked on every contended checkout; a patch is never undone, so a yes is kept.
+    if not _patched:
+        monkey = sys.modules.get("gevent.monkey")
+        _patched = monkey is not None and bool(monkey.is_module_patched("threading"))
+    return _patched
 
 
 @contextlib.contextmanager

@@ -35,7 +35,7 @@ from random import random
 from time import monotonic
 from typing import Any, Final, Literal, Protocol, TypeAlias
 
-from . import _sync
+from . import _order, _sync
 from ._backoff import BACKOFF_MAX, EVIDENCE, Backoff
 from ._reasons import Reason, Reject
 from ._stats import PoolStats
@@ -182,8 +182,12 @@ class _Attempt:
 class Pool:
     """Connections of one alias: at most ``cap`` open, waiters served first come first served."""
 
+    #: Makes each pool's order of service (wsgi_db_pool/_order.py); the bench swaps it.
+    _order_policy: Callable[[], _order.Order] = _order.Fifo
+
     def __init__(self, name: str, connector: Connector, config: PoolConfig, log: _Log) -> None:
         self.name = name
+        self._order = type(self)._order_policy()
         self.connector = connector
         self._config = config
         self.set_log(log)
@@ -240,7 +244,12 @@ class Pool:
         PoolUnavailable when the server is out of reach and the pool has no
         connection left, or the connector's own error when a connect it tried failed.
         """
-        self._check_pid()
+        if self._pid != os.getpid():
+            # uWSGI forks in C, and Python's at-fork hooks (after_fork) run only with
+            # an option: whatever the server does, never hand out a connection this
+            # process did not open. No switch between the look and the reset, so
+            # greenlets agree. (Inline: a method call here costs every checkout.)
+            self.after_fork()
         start = monotonic()
         deadline = start + (self._config.timeout if timeout is None else timeout)
         if self._leaked:
@@ -259,13 +268,6 @@ class Pool:
                 return entry
             # The pool backed off meanwhile and the slot went back: decide again.
 
-    def _check_pid(self) -> None:
-        # uWSGI forks in C, and Python's at-fork hooks (after_fork) run only with an
-        # option: whatever the server does, never hand out a connection this process
-        # did not open. No switch between the look and the reset, so greenlets agree.
-        if self._pid != os.getpid():
-            self.after_fork()
-
     def _take(
         self, start: float, deadline: float, holding: int
     ) -> PooledConnection | Literal[_Handoff.SLOT, _Handoff.PROBE]:
@@ -279,6 +281,8 @@ class Pool:
                 stats = self._stats
                 stats.checkouts += 1
                 stats.wait_buckets[0] += 1
+                if self._waiters:
+                    self._order.barged()  # kept idle for a barger (_order.py)
                 # Straight from the stack no time has passed worth a clock read.
                 entry.checked_out_at = start
                 return entry
@@ -856,9 +860,13 @@ class Pool:
         with self._lock:
             if self._closed:
                 return Reason.SHUTDOWN
-            waiter = (
-                self._next_waiter_locked(self._open) if self._waiters or self._holders else None
-            )
+            waiter = None
+            kept = False
+            if self._waiters or self._holders:
+                # The order may keep it idle for a barger until the loop turns.
+                kept = not self._holders and self._order.barge(self._waiters, now)
+                if not kept:
+                    waiter = self._next_waiter_locked(self._open)
             handed = waiter is not None
             if waiter is not None:
                 self._hand_entry_locked(entry, now, waiter)
@@ -872,9 +880,24 @@ class Pool:
                 self._idle.append(entry)
                 self._in_use -= 1
             self._stats.recycles += 1
+        if kept:
+            _sync.call_soon(self._serve_idle)
         if self._debug:
             self._emit_debug("db_pool.recycle", held=held, handed=handed)
         return None
+
+    def _serve_idle(self) -> None:
+        """From the event loop: idle connections no barger took go to the waiters."""
+        with self._lock:
+            if self._closed:
+                return
+            now = monotonic()
+            while self._idle and (self._waiters or self._holders):
+                waiter = self._next_waiter_locked(self._open)
+                if waiter is None:
+                    return
+                self._in_use += 1
+                self._hand_entry_locked(self._idle.pop(), now, waiter)
 
     def _deliver(self, entry: PooledConnection) -> None:
         """A connection the pool opened for itself: to the longest waiter, or idle."""
@@ -962,7 +985,7 @@ class Pool:
         """Who is served, ``open_`` connections being open then; taken off its queue.
 
         Requests holding other aliases first, each up to ``cap`` plus what it holds;
-        then the longest waiter of the others, up to ``cap``.
+        then one of the others (the order's pick: the oldest, as shipped), up to ``cap``.
         """
         if self._holders:
             for waiter in self._holders:
@@ -971,7 +994,7 @@ class Pool:
                     self._stats.reserved += open_ > self._cap
                     return waiter
         if self._waiters and open_ <= self._cap:
-            return self._waiters.popleft()
+            return self._order.take(self._waiters, monotonic())
         return None
 
     def _hand_locked(self, waiter: _Waiter, item: _Handed, now: float) -> None:
