@@ -1,0 +1,73 @@
+"""A Galera node that answers but must not be used: cut off from the cluster, it accepts
+logins, COM_PING and ``SELECT 1``, and refuses every table query with 1047.
+
+The node is isolated (``gmcast.isolate=1``) with HAProxy's health check on it turned
+off: the window between a node leaving sync and HAProxy's check taking it out (and
+shutting its sessions), held open. The pool connects in that window, then HAProxy is
+told to send the node no new connections (drain) but to keep the ones it has.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from urllib.parse import urlencode
+
+import pytest
+
+from tests.cluster.conftest import ClusterView
+from tests.conftest import Pooled
+from tests.faults.conftest import wait_for
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+
+# Plain SELECTs: the pool skips the session reset after them, which would otherwise
+# meet the isolated node's 1047 first (COM_RESET_CONNECTION is refused too).
+NO_TABLE = "SELECT CONNECTION_ID()"  # the isolated node answers it
+TABLE = "SELECT COUNT(*) FROM app_item"  # 1047 there
+
+
+def _isolate(cluster: ClusterView, name: str) -> None:
+    node = cluster.node(name)
+    cluster.cluster.haproxy.command(f"disable health galera/{name}")
+    cluster.rows(node, "SET GLOBAL wsrep_provider_options = 'gmcast.isolate=1'")
+    # The node leaves the primary component once its peers' suspect timeout passes.
+    wait_for(lambda: node.status().get("wsrep_ready") == "OFF", 20.0, f"{name} not ready", 0.2)
+
+
+@pytest.mark.parametrize(
+    ("pre_ping", "first_round"),
+    [
+        pytest.param(True, [200, 200, 200], id="checkout-ping-sees-1047"),
+        pytest.param(False, [200, 200, 500], id="connection-that-got-1047-discarded"),
+    ],
+)
+def test_a_node_out_of_sync_serves_no_second_request(
+    cluster: ClusterView,
+    make_pooled: Callable[..., Pooled],
+    pre_ping: bool,
+    first_round: list[int],
+) -> None:
+    """The isolated node's connection: caught by the checkout's ping, else discarded after 1047."""
+    pooled = make_pooled(
+        aliases=["cluster"], pool_size=3, max_overflow=0, pre_ping=pre_ping, timeout=5.0
+    )
+
+    def play(sql: str) -> list[int]:
+        # Three requests held open at once: each checks out one of the three connections.
+        query = urlencode({"alias": "cluster", "sql": sql})
+        held = [pooled.start("/run-sql/", query) for _ in range(3)]
+        for exchange in held:
+            exchange.read_rest()
+            exchange.close()
+        return sorted(exchange.status_code for exchange in held)
+
+    _isolate(cluster, "node3")
+    assert play(NO_TABLE) == [200, 200, 200]
+    # HAProxy's leastconn put one connection on each node, the isolated one too.
+    assert cluster.spread() == {"node1": 1, "node2": 1, "node3": 1}
+    cluster.cluster.haproxy.command("set server galera/node3 state drain")
+    assert play(TABLE) == first_round
+    assert play(TABLE) == [200, 200, 200]
+    assert cluster.spread()["node3"] == 0
+    stats = pooled.stats("cluster")
+    assert (stats["discards"], stats["open"], stats["in_use"]) == ({"broken": 1}, 3, 0)
