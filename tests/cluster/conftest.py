@@ -17,6 +17,7 @@ import pymysql
 import pytest
 
 from tests.cluster.galera import GaleraCluster, GaleraNode
+from tests.cluster.replica import ReplicaPair
 from tests.conftest import DB_NAME, USER, USERS, Server
 from tests.faults.conftest import FAST_OPTIONS
 
@@ -100,14 +101,8 @@ def galera(_server_session: Server) -> Iterator[GaleraCluster]:
         create_table = _server_session.rows(f"SHOW CREATE TABLE {DB_NAME}.app_item")[0][1]
         conn = cluster.nodes[0].connect()
         try:
-            with conn.cursor() as cursor:
-                # DDL and account changes replicate to every node (total order isolation).
-                cursor.execute(f"CREATE DATABASE {DB_NAME}")
-                for user in USERS:
-                    cursor.execute("CREATE USER %s@'127.0.0.1' IDENTIFIED BY %s", (user, user))
-                    cursor.execute(f"GRANT ALL ON {DB_NAME}.* TO %s@'127.0.0.1'", (user,))
-                cursor.execute(f"USE {DB_NAME}")
-                cursor.execute(create_table)
+            # DDL and account changes replicate to every node (total order isolation).
+            _create_schema(conn, create_table)
         finally:
             conn.close()
         yield cluster
@@ -115,25 +110,47 @@ def galera(_server_session: Server) -> Iterator[GaleraCluster]:
         cluster.destroy()
 
 
+def _add_alias(monkeypatch: pytest.MonkeyPatch, name: str, port: int) -> None:
+    """A copy of `default` at ``port``; Django caches DATABASES once, as this very dict."""
+    from django.db import connections
+
+    entry = copy.deepcopy(connections.settings["default"])
+    entry.update(HOST="127.0.0.1", PORT=port, OPTIONS=dict(CLUSTER_OPTIONS))
+    monkeypatch.setitem(connections.settings, name, entry)
+
+
+def _unbind(*names: str) -> None:
+    """Close what stock Django left bound to the main greenlet for ``names``."""
+    from django.db import connections
+
+    for name in names:
+        wrapper = getattr(connections._connections, name, None)
+        if wrapper is not None:
+            wrapper.close()
+            delattr(connections._connections, name)
+
+
+def _create_schema(conn: pymysql.connections.Connection, create_table: str) -> None:
+    with conn.cursor() as cursor:
+        cursor.execute(f"CREATE DATABASE {DB_NAME}")
+        for user in USERS:
+            cursor.execute("CREATE USER %s@'127.0.0.1' IDENTIFIED BY %s", (user, user))
+            cursor.execute(f"GRANT ALL ON {DB_NAME}.* TO %s@'127.0.0.1'", (user,))
+        cursor.execute(f"USE {DB_NAME}")
+        cursor.execute(create_table)
+
+
 @pytest.fixture
 def cluster(
     galera: GaleraCluster, server: Server, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[ClusterView]:
     """The alias `cluster` (through HAProxy) and the nodes' own view, healed and emptied."""
-    from django.db import connections
-
     galera.heal()
     view = ClusterView(galera)
     assert view.sessions() == 0, "a session of the previous test survived on the cluster"
-    # Django caches DATABASES once, as this very dict: the alias goes in there, complete.
-    entry = copy.deepcopy(connections.settings["default"])
-    entry.update(HOST="127.0.0.1", PORT=galera.haproxy.port, OPTIONS=dict(CLUSTER_OPTIONS))
-    monkeypatch.setitem(connections.settings, "cluster", entry)
+    _add_alias(monkeypatch, "cluster", galera.haproxy.port)
     yield view
-    wrapper = getattr(connections._connections, "cluster", None)
-    if wrapper is not None:  # stock Django's, bound to the main greenlet
-        wrapper.close()
-        delattr(connections._connections, "cluster")
+    _unbind("cluster")
     view.close()
     view = ClusterView(galera)
     view.kill_all()
@@ -141,3 +158,41 @@ def cluster(
     if live:
         view.rows(live[0], f"DELETE FROM {DB_NAME}.app_item")
     view.close()
+
+
+@pytest.fixture(scope="session")
+def replica_pair(_server_session: Server) -> Iterator[ReplicaPair]:
+    """A running GTID primary/replica pair with the test database, users and table."""
+    pair = ReplicaPair()
+    try:
+        pair.start()
+        conn = pair.primary.connect()
+        try:
+            # Replicated like any write: the replica gets them from the binary log.
+            _create_schema(
+                conn, _server_session.rows(f"SHOW CREATE TABLE {DB_NAME}.app_item")[0][1]
+            )
+        finally:
+            conn.close()
+        pair.wait_caught_up()
+        yield pair
+    finally:
+        pair.destroy()
+
+
+@pytest.fixture
+def replicated(
+    replica_pair: ReplicaPair, server: Server, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[ReplicaPair]:
+    """The aliases `primary` and `replica`; no rows and no app sessions left after."""
+    _add_alias(monkeypatch, "primary", replica_pair.primary.port)
+    _add_alias(monkeypatch, "replica", replica_pair.replica.port)
+    yield replica_pair
+    _unbind("primary", "replica")
+    conn = replica_pair.primary.connect()
+    try:
+        with conn.cursor() as cursor:
+            cursor.execute(f"DELETE FROM {DB_NAME}.app_item")
+    finally:
+        conn.close()
+    replica_pair.wait_caught_up()
