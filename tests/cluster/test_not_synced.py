@@ -24,6 +24,7 @@ pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 # meet the isolated node's 1047 first (COM_RESET_CONNECTION is refused too).
 NO_TABLE = "SELECT CONNECTION_ID()"  # the isolated node answers it
 TABLE = "SELECT COUNT(*) FROM app_item"  # 1047 there
+RESET = "SELECT SLEEP(0)"  # answered there, but the pool resets the session after it
 
 
 def _isolate(cluster: ClusterView, name: str) -> None:
@@ -34,6 +35,15 @@ def _isolate(cluster: ClusterView, name: str) -> None:
     wait_for(lambda: node.status().get("wsrep_ready") == "OFF", 20.0, f"{name} not ready", 0.2)
 
 
+@pytest.mark.parametrize(
+    "warm",
+    [
+        pytest.param(NO_TABLE, id="no-reset"),
+        # Not provably clean: the reset goes out with the next command, and the
+        # isolated node refuses COM_RESET_CONNECTION with 1047 too.
+        pytest.param(RESET, id="reset-deferred"),
+    ],
+)
 @pytest.mark.parametrize(
     ("pre_ping", "first_round"),
     [
@@ -46,6 +56,7 @@ def test_a_node_out_of_sync_serves_no_second_request(
     make_pooled: Callable[..., Pooled],
     pre_ping: bool,
     first_round: list[int],
+    warm: str,
 ) -> None:
     """The isolated node's connection: caught by the checkout's ping, else discarded after 1047."""
     pooled = make_pooled(
@@ -62,7 +73,7 @@ def test_a_node_out_of_sync_serves_no_second_request(
         return sorted(exchange.status_code for exchange in held)
 
     _isolate(cluster, "node3")
-    assert play(NO_TABLE) == [200, 200, 200]
+    assert play(warm) == [200, 200, 200]
     # HAProxy's leastconn put one connection on each node, the isolated one too.
     assert cluster.spread() == {"node1": 1, "node2": 1, "node3": 1}
     cluster.cluster.haproxy.command("set server galera/node3 state drain")
