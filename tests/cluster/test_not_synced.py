@@ -12,10 +12,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from urllib.parse import urlencode
 
+import pymysql
 import pytest
 
 from tests.cluster.conftest import ClusterView
-from tests.conftest import Pooled
+from tests.conftest import DB_NAME, USER, Pooled
 from tests.faults.conftest import wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
@@ -82,3 +83,54 @@ def test_a_node_out_of_sync_serves_no_second_request(
     assert cluster.spread()["node3"] == 0
     stats = pooled.stats("cluster")
     assert (stats["discards"], stats["open"], stats["in_use"]) == ({"broken": 1}, 3, 0)
+
+
+# What a node out of sync answers (None: done), each on a connection opened before.
+REFUSES = {
+    "SELECT 1": None,
+    "SET @a = 1": None,
+    "SHOW STATUS LIKE 'wsrep_ready'": None,
+    "COM_PING": None,
+    "DO 1": 1047,
+    "SELECT COUNT(*) FROM app_item": 1047,
+    "BEGIN": 1047,
+    "COM_RESET_CONNECTION": 1047,
+}
+
+
+def _send(conn: pymysql.connections.Connection, command: str) -> int | None:
+    try:
+        if command == "COM_PING":
+            conn.ping(False)
+        elif command == "COM_RESET_CONNECTION":
+            conn._execute_command(0x1F, b"")
+            conn._read_ok_packet()
+        else:
+            with conn.cursor() as cursor:
+                cursor.execute(command)
+    except pymysql.MySQLError as exc:
+        return int(exc.args[0])
+    return None
+
+
+def test_what_a_node_out_of_sync_refuses(cluster: ClusterView) -> None:
+    """Pins what the pool relies on: a login and COM_PING pass, DO and the reset get 1047."""
+    node = cluster.node("node3")
+    conns = {
+        command: pymysql.connect(
+            host="127.0.0.1",
+            port=node.port,
+            user=USER,
+            password=USER,
+            database=DB_NAME,
+            ssl_disabled=True,
+            autocommit=True,
+        )
+        for command in REFUSES
+    }
+    try:
+        _isolate(cluster, "node3")
+        assert {command: _send(conn, command) for command, conn in conns.items()} == REFUSES
+    finally:
+        for conn in conns.values():
+            conn.close()
