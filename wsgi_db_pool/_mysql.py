@@ -334,9 +334,14 @@ def _role_setup(raw: Any) -> tuple[str | None, bool]:
         if not mariadb:
             cursor.execute("SELECT @@GLOBAL.autocommit")
             return None, bool(cursor.fetchone()[0])
+        # FROM a derived table: a Galera node that must not be used (out of sync, cut
+        # off) accepts the login and Django's setup, and refuses a query naming any
+        # table but information_schema's with 1047, which fails this connect as a lost
+        # one: the pool tries again, or waits for its connections to nodes that serve,
+        # instead of handing out a connection that fails at its first query.
         cursor.execute(
             "SELECT CURRENT_ROLE(), EXISTS(SELECT 1 FROM information_schema.APPLICABLE_ROLES),"
-            " @@GLOBAL.autocommit"
+            " @@GLOBAL.autocommit FROM (SELECT 1) AS serving"
         )
         current, applicable, global_autocommit = cursor.fetchone()
     if not applicable:

@@ -114,6 +114,10 @@ def test_node_killed_under_load_fails_no_more_than_stock(
     assert ours["rows"] >= ours["writes_ok"]
     assert stock["rows"] >= stock["writes_ok"]
     stats = pooled.stats("cluster")
+    print(f"pool: discards {stats['discards']}, connects {stats['connects']}")
     assert (stats["in_use"], stats["waiting"]) == (0, 0)
+    # Every connect went through HAProxy to a live node: no connect error, so no backoff
+    # that would keep requests from the nodes that serve.
+    assert (stats["connect_errors"], stats["backed_off"]) == (0, False)
     # What the pool holds is what the live nodes count.
     assert wait_for(lambda: cluster.sessions() == pooled.stats("cluster")["open"], 5.0)

@@ -9,15 +9,18 @@ told to send the node no new connections (drain) but to keep the ones it has.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from urllib.parse import urlencode
 
+import gevent
 import pymysql
 import pytest
 
 from tests.cluster.conftest import ClusterView
 from tests.conftest import DB_NAME, USER, Pooled
 from tests.faults.conftest import wait_for
+from tests.faults.test_availability import Load
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -134,3 +137,64 @@ def test_what_a_node_out_of_sync_refuses(cluster: ClusterView) -> None:
     finally:
         for conn in conns.values():
             conn.close()
+
+
+def _watch_node3(cluster: ClusterView, seen: dict[str, float]) -> None:
+    node = cluster.node("node3")
+    while "down" not in seen:
+        now = time.monotonic()
+        if "not_ready" not in seen and node.status().get("wsrep_ready") == "OFF":
+            seen["not_ready"] = now
+        if cluster.cluster.haproxy.servers().get("node3", "").startswith("DOWN"):
+            seen["down"] = now
+        gevent.sleep(0.05)
+
+
+@pytest.mark.parametrize(
+    "pre_ping", [pytest.param(60.0, id="default"), pytest.param(True, id="always")]
+)
+def test_with_the_check_on_failures_end_once_haproxy_marks_the_node_down(
+    cluster: ClusterView, make_pooled: Callable[..., Pooled], pre_ping: float
+) -> None:
+    """A node cut off under load: 1047s only until HAProxy takes it out (shutting its sessions)."""
+    pooled = make_pooled(
+        aliases=["cluster"], pool_size=10, max_overflow=10, timeout=10.0, pre_ping=pre_ping
+    )
+    # A table query and 50 ms more: 8 clients hold about 8 connections, spread by leastconn.
+    query = urlencode({"alias": "cluster", "sql": [TABLE, "SELECT SLEEP(0.05)"]}, doseq=True)
+    load = Load(pooled.app, "/run-sql/", query, 8, 0.05, "cluster")
+    load.start()
+    seen: dict[str, float] = {}
+    try:
+        wait_for(lambda: len(load.done) >= 100, 10.0, "warm-up")
+        assert cluster.spread().get("node3", 0) > 0, "no connection on the node to cut off"
+        on_node3 = cluster.spread().get("node3", 0)
+        watcher = gevent.spawn(_watch_node3, cluster, seen)
+        isolated_at = time.monotonic()
+        cluster.rows(
+            cluster.node("node3"), "SET GLOBAL wsrep_provider_options = 'gmcast.isolate=1'"
+        )
+        watcher.get(timeout=30.0)
+        gevent.sleep(2.0)  # the schedule: load on the two nodes left
+    finally:
+        load.stop()
+    failed = [
+        started - isolated_at
+        for started, _, status in load.done
+        if status != 200 and started >= isolated_at
+    ]
+    report = {
+        "not_ready_after": seen["not_ready"] - isolated_at,
+        "down_after": seen["down"] - isolated_at,
+        "failed": len(failed),
+        "failed_between": (min(failed, default=None), max(failed, default=None)),
+        "requests": len(load.done),
+        "discards": pooled.stats("cluster")["discards"],
+        "on_node3": on_node3,
+    }
+    print(f"\nnode3 isolated under load: {report}")
+    assert [t for t in failed if t > report["down_after"] + 0.5] == []
+    # Each connection the node had fails at most one request and is discarded; none
+    # opened after it left sync is handed out (the connect's own query got 1047).
+    assert len(failed) <= on_node3
+    assert cluster.spread().get("node3", 0) == 0
