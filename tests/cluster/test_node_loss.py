@@ -54,7 +54,8 @@ def _play(app: Callable[..., Any], side: str, cluster: ClusterView) -> dict[str,
         Load(app, "/fault-write/", f"alias=cluster&name={side}", writers, EVERY, "cluster"),
     ]
     samples: list[tuple[float, int]] = []
-    sampler = gevent.spawn(_sample_sessions, ClusterView(cluster.cluster), samples)
+    counter = ClusterView(cluster.cluster)  # root connections of its own, for its greenlet
+    sampler = gevent.spawn(_sample_sessions, counter, samples)
     for load in loads:
         load.start()
     try:
@@ -65,6 +66,7 @@ def _play(app: Callable[..., Any], side: str, cluster: ClusterView) -> dict[str,
     finally:
         done = [row for load in loads for row in load.stop()]
         sampler.kill()
+        counter.close()
     failed = [(started - killed_at, status) for started, _, status in done if status != 200]
     writes_ok = sum(1 for started, _, status in loads[1].done if status == 200)
     return {
@@ -79,14 +81,16 @@ def _play(app: Callable[..., Any], side: str, cluster: ClusterView) -> dict[str,
             (count for at, count in samples if at >= killed_at), default=0
         ),
         "writes_ok": writes_ok,
-        "rows": int(
-            cluster.rows(
-                cluster.cluster.live()[0],
-                f"SELECT COUNT(*) FROM {DB_NAME}.app_item WHERE name = %s",
-                (side,),
-            )[0][0]
-        ),
+        "rows": _rows_named(cluster, side),
     }
+
+
+def _rows_named(cluster: ClusterView, name: str) -> int:
+    node = cluster.cluster.live()[0]
+    # Wait for every write the cluster committed to be applied on this node too.
+    cluster.rows(node, "SET SESSION wsrep_sync_wait = 1")
+    sql = f"SELECT COUNT(*) FROM {DB_NAME}.app_item WHERE name = %s"
+    return int(cluster.rows(node, sql, (name,))[0][0])
 
 
 def test_node_killed_under_load_fails_no_more_than_stock(
