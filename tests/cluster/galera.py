@@ -20,6 +20,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import gevent
@@ -50,9 +51,9 @@ def _chown(path: Path) -> None:
     os.chown(path, user.pw_uid, user.pw_gid)
 
 
-def _wait(condition: object, timeout: float, what: str, every: float = 0.05) -> None:
+def _wait(condition: Callable[[], bool], timeout: float, what: str, every: float = 0.05) -> None:
     deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
+    while not condition():
         if time.monotonic() > deadline:
             raise RuntimeError(f"{what} not reached within {timeout} s")
         gevent.sleep(every)
@@ -158,12 +159,12 @@ wsrep_sst_receive_address=127.0.0.1:{self.sst}
     def rejoin(self) -> None:
         """Start again after a kill -9: recover the last committed position first, so
         that the node catches up by IST instead of a full SST."""
-        found = subprocess.run(
+        # It writes the position to the error log and exits.
+        subprocess.run(
             [_binary("mariadbd"), f"--defaults-file={self.cnf}", "--wsrep-recover"],
             capture_output=True,
             check=False,
         )
-        del found
         positions = re.findall(r"Recovered position: (\S+)", self.log.read_text(errors="replace"))
         self.start(*([f"--wsrep-start-position={positions[-1]}"] if positions else []))
 
