@@ -189,6 +189,9 @@ def replicated(
     _add_alias(monkeypatch, "replica", replica_pair.replica.port)
     yield replica_pair
     _unbind("primary", "replica")
+    for server in (replica_pair.primary, replica_pair.replica):
+        if server.process is None:
+            server.start()  # a failed test left it stopped
     conn = replica_pair.primary.connect()
     try:
         with conn.cursor() as cursor:
