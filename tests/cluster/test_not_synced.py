@@ -1,10 +1,10 @@
 """A Galera node that answers but must not be used: cut off from the cluster, it accepts
 logins, COM_PING and ``SELECT 1``, and refuses every table query with 1047.
 
-The node is isolated (``gmcast.isolate=1``) with HAProxy's health check on it turned
-off: the window between a node leaving sync and HAProxy's check taking it out (and
-shutting its sessions), held open. The pool connects in that window, then HAProxy is
-told to send the node no new connections (drain) but to keep the ones it has.
+The pool holds a connection to each node; HAProxy is told to send node3 no new
+connections but to keep the ones it has (drain) and to stop checking it; then node3 is
+isolated (``gmcast.isolate=1``): the window between a node leaving sync and HAProxy's
+check shutting its sessions, held open.
 """
 
 from __future__ import annotations
@@ -76,11 +76,11 @@ def test_a_node_out_of_sync_serves_no_second_request(
             exchange.close()
         return sorted(exchange.status_code for exchange in held)
 
-    _isolate(cluster, "node3")
     assert play(warm) == [200, 200, 200]
-    # HAProxy's leastconn put one connection on each node, the isolated one too.
+    # HAProxy's leastconn put one connection on each node.
     assert cluster.spread() == {"node1": 1, "node2": 1, "node3": 1}
     cluster.cluster.haproxy.command("set server galera/node3 state drain")
+    _isolate(cluster, "node3")  # its open connection stays open
     assert play(TABLE) == first_round
     assert play(TABLE) == [200, 200, 200]
     assert cluster.spread()["node3"] == 0
