@@ -80,9 +80,20 @@ def test_pre_ping(
     pooled = make_pooled(pool_size=1, max_overflow=0, reset_session="never", **kwargs)
     pooled.json("/read/")
     counted = pooled.session_counted(lambda: [pooled.json("/read/") for _ in range(5)])
-    assert counted["com_admin_commands"] == pings
-    assert counted["questions"] == 5
+    # A ping is one statement, DO 1 (a Galera node out of sync answers COM_PING).
+    assert counted["com_admin_commands"] == 0
+    assert counted["questions"] == 5 + pings
     assert pooled.stats()["connects"] == 1
+
+
+def test_the_ping_leaves_a_clean_session_clean(make_pooled: Callable[..., Pooled]) -> None:
+    """pre_ping's DO 1 is not the request's statement: plain reads still skip the reset
+    (which would zero the session's counters between them)."""
+    pooled = make_pooled(pool_size=1, max_overflow=0, pre_ping=True)
+    # The second checkout pings; a reset after it would show in the third.
+    counts = [pooled.json("/session-counter/") for _ in range(3)]
+    assert len({count["conn_id"] for count in counts}) == 1
+    assert counts[0]["selects"] < counts[1]["selects"] < counts[2]["selects"]
 
 
 @pytest.mark.smoke

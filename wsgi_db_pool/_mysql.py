@@ -16,7 +16,10 @@ from . import _mysql_clean, _sync
 
 # The connection is gone: server shutdown (1927, 4031 idle kill), gone away (2006),
 # lost during query (2013), out of sync (2014), packet errors after a cut (2045, 2055).
-GONE_CODES = frozenset({1927, 2006, 2013, 2014, 2045, 2055, 4031})
+# Or it must not be used again: a Galera node that is not synced, or cut off from the
+# cluster, refuses every table query with 1047 and keeps refusing until it rejoins; a
+# new connection (through the load balancer) reaches a node that serves.
+GONE_CODES = frozenset({1047, 1927, 2006, 2013, 2014, 2045, 2055, 4031})
 # The server cannot be reached or takes no more connections: a 503, not a 500.
 UNAVAILABLE_CODES = frozenset({1040, 1053, 1203, 1226, 2002, 2003, 2005, 2006, 2013, 1927, 4031})
 # What a failed connect says of the server (pool.Connector.classify). Nothing answers:
@@ -136,9 +139,17 @@ def is_open(raw: Any) -> bool:
 
 
 def ping(raw: Any) -> bool:
-    """A round trip to the server that never reconnects behind Django's back."""
+    """A round trip to the server that never reconnects behind Django's back, and that a
+    Galera node which must not be used fails.
+
+    ``DO 1``, not COM_PING: a node out of sync or cut off from the cluster answers
+    COM_PING and ``SELECT 1`` but refuses ``DO`` with 1047, as it refuses the request's
+    own queries. Elsewhere it costs what COM_PING costs: one round trip, one OK packet.
+    """
     try:
-        raw.ping(False)
+        # The class's query, not the instance's: the statement watch (_mysql_clean)
+        # wraps the instance's and would take the ping for the request's own statement.
+        type(raw).query(raw, "DO 1")
     except Exception:
         return False
     return True
@@ -323,9 +334,14 @@ def _role_setup(raw: Any) -> tuple[str | None, bool]:
         if not mariadb:
             cursor.execute("SELECT @@GLOBAL.autocommit")
             return None, bool(cursor.fetchone()[0])
+        # FROM a derived table: a Galera node that must not be used (out of sync, cut
+        # off) accepts the login and Django's setup, and refuses a query naming any
+        # table but information_schema's with 1047, which fails this connect as a lost
+        # one: the pool tries again, or waits for its connections to nodes that serve,
+        # instead of handing out a connection that fails at its first query.
         cursor.execute(
             "SELECT CURRENT_ROLE(), EXISTS(SELECT 1 FROM information_schema.APPLICABLE_ROLES),"
-            " @@GLOBAL.autocommit"
+            " @@GLOBAL.autocommit FROM (SELECT 1) AS serving"
         )
         current, applicable, global_autocommit = cursor.fetchone()
     if not applicable:

@@ -50,6 +50,8 @@ class PrivateMariaDB:
         self.port = _free_port()
         self.log = self.base / "error.log"
         self.process: subprocess.Popen[bytes] | None = None
+        # More server options (a replica's server-id, log-bin...), after the defaults.
+        self.options: list[str] = []
 
     @property
     def root(self) -> dict[str, object]:
@@ -91,6 +93,7 @@ class PrivateMariaDB:
                 "--innodb-buffer-pool-size=32M",
                 "--innodb-log-file-size=8M",
                 "--max-connections=100",
+                *self.options,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
