@@ -19,7 +19,8 @@ import pytest
 from tests.cluster.galera import GaleraCluster, GaleraNode
 from tests.cluster.replica import ReplicaPair
 from tests.conftest import DB_NAME, USER, USERS, Server
-from tests.faults.conftest import FAST_OPTIONS
+from tests.faults.conftest import FAST_OPTIONS, create_schema
+from tests.faults.conftest import request_exceptions as request_exceptions  # shared fixture
 
 #: Driver timeouts of the cluster aliases: a write outlives the cluster's stall when a
 #: node dies (about 6 s: evs.suspect_timeout and the view change), a connect does not
@@ -102,7 +103,7 @@ def galera(_server_session: Server) -> Iterator[GaleraCluster]:
         conn = cluster.nodes[0].connect()
         try:
             # DDL and account changes replicate to every node (total order isolation).
-            _create_schema(conn, create_table)
+            create_schema(conn, create_table)
         finally:
             conn.close()
         yield cluster
@@ -128,16 +129,6 @@ def _unbind(*names: str) -> None:
         if wrapper is not None:
             wrapper.close()
             delattr(connections._connections, name)
-
-
-def _create_schema(conn: pymysql.connections.Connection, create_table: str) -> None:
-    with conn.cursor() as cursor:
-        cursor.execute(f"CREATE DATABASE {DB_NAME}")
-        for user in USERS:
-            cursor.execute("CREATE USER %s@'127.0.0.1' IDENTIFIED BY %s", (user, user))
-            cursor.execute(f"GRANT ALL ON {DB_NAME}.* TO %s@'127.0.0.1'", (user,))
-        cursor.execute(f"USE {DB_NAME}")
-        cursor.execute(create_table)
 
 
 @pytest.fixture
@@ -169,9 +160,7 @@ def replica_pair(_server_session: Server) -> Iterator[ReplicaPair]:
         conn = pair.primary.connect()
         try:
             # Replicated like any write: the replica gets them from the binary log.
-            _create_schema(
-                conn, _server_session.rows(f"SHOW CREATE TABLE {DB_NAME}.app_item")[0][1]
-            )
+            create_schema(conn, _server_session.rows(f"SHOW CREATE TABLE {DB_NAME}.app_item")[0][1])
         finally:
             conn.close()
         pair.wait_caught_up()

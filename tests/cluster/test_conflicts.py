@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable
 from urllib.parse import urlencode
 
 import gevent
 import pytest
-from django.core.signals import got_request_exception
 
 from tests.cluster.conftest import ClusterView, _add_alias
 from tests.conftest import DB_NAME, USER, Pooled
@@ -18,26 +15,11 @@ from tests.faults.conftest import wait_for
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 
-@pytest.fixture
-def raised() -> Iterator[list[BaseException]]:
-    """The exceptions Django turned into 500 responses during the test."""
-    caught: list[BaseException] = []
-
-    def receiver(sender: Any, **kwargs: Any) -> None:
-        exc = sys.exc_info()[1]
-        if exc is not None:
-            caught.append(exc)
-
-    got_request_exception.connect(receiver)
-    yield caught
-    got_request_exception.disconnect(receiver)
-
-
 def test_a_certification_conflict_keeps_the_connection(
     cluster: ClusterView,
     make_pooled: Callable[..., Pooled],
     monkeypatch: pytest.MonkeyPatch,
-    raised: list[BaseException],
+    request_exceptions: list[BaseException],
 ) -> None:
     """node2 commits the row node1's open transaction changed: node1's request fails with
     1213 and its connection is recycled (it is healthy), not discarded."""
@@ -74,7 +56,7 @@ def test_a_certification_conflict_keeps_the_connection(
     winner = urlencode({"alias": "node2", "sql": "UPDATE app_item SET name = 'node2' WHERE id = 1"})
     assert pooled.request("/run-sql/", winner).status_code == 200
     assert loser.get(timeout=10.0).status_code == 500
-    assert [getattr(exc, "args", (None,))[0] for exc in raised] == [1213]
+    assert [getattr(exc, "args", (None,))[0] for exc in request_exceptions] == [1213]
     assert cluster.rows(node1, f"SELECT name FROM {DB_NAME}.app_item WHERE id = 1") == [("node2",)]
     # The same connection serves node1's next request.
     assert pooled.json("/read/", alias="node1")["conn_id"] == first

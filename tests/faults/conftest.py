@@ -168,13 +168,7 @@ def private_mariadb(_server_session: Server) -> Iterator[PrivateMariaDB]:
         create_table = _server_session.rows(f"SHOW CREATE TABLE {DB_NAME}.app_item")[0][1]
         conn = mariadb.connect()
         try:
-            with conn.cursor() as cursor:
-                cursor.execute(f"CREATE DATABASE {DB_NAME}")
-                for user in USERS:
-                    cursor.execute("CREATE USER %s@'127.0.0.1' IDENTIFIED BY %s", (user, user))
-                    cursor.execute(f"GRANT ALL ON {DB_NAME}.* TO %s@'127.0.0.1'", (user,))
-                cursor.execute(f"USE {DB_NAME}")
-                cursor.execute(create_table)
+            create_schema(conn, create_table)
         finally:
             conn.close()
         yield mariadb
@@ -205,3 +199,14 @@ def private(
     observer.kill_all()
     observer.rows(f"DELETE FROM {DB_NAME}.app_item")
     observer.conn.close()
+
+
+def create_schema(conn: Any, create_table: str) -> None:
+    """On a private server: the test database, the test users, and the app's table."""
+    with conn.cursor() as cursor:
+        cursor.execute(f"CREATE DATABASE {DB_NAME}")
+        for user in USERS:
+            cursor.execute("CREATE USER %s@'127.0.0.1' IDENTIFIED BY %s", (user, user))
+            cursor.execute(f"GRANT ALL ON {DB_NAME}.* TO %s@'127.0.0.1'", (user,))
+        cursor.execute(f"USE {DB_NAME}")
+        cursor.execute(create_table)
