@@ -183,11 +183,21 @@ def test_entries_from_before_a_fork_are_not_counted_in_the_child() -> None:
 # -- the wait: a one-shot wakeup per waiting checkout ---------------------------------------
 
 
-def test_a_checkin_from_another_os_thread_wakes_the_waiter() -> None:
-    """A connection given back from a real OS thread reaches the greenlet waiting in the hub."""
+@pytest.mark.parametrize("order", ["fifo", "barging"])
+def test_a_checkin_from_another_os_thread_wakes_the_waiter(
+    order: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A connection given back from a real OS thread reaches the greenlet waiting in the hub.
+
+    With barging too: kept idle for a barger, it would wait for a loop turn in the
+    giving thread, which has no running loop."""
     import gevent
     import gevent.monkey
 
+    from wsgi_db_pool import _order
+
+    if order == "barging":
+        monkeypatch.setattr(Pool, "_order_policy", lambda: _order.BoundedBarging(60.0))
     start_thread = gevent.monkey.get_original("_thread", "start_new_thread")
     pool = _pool(pool_size=1, timeout=30)
     held = pool.checkout()

@@ -111,6 +111,9 @@ class Wakeup(Protocol):
     def wait(self, seconds: float) -> None:
         """Block until ``set()`` or ``seconds`` pass (or sooner: the caller checks the clock)."""
 
+    def local(self) -> bool:
+        """Whether the caller runs in the OS thread whose event loop this waiter waits in."""
+
 
 def make_wakeup() -> Wakeup:
     """A wakeup for the current greenlet under gevent's patching, else for the thread."""
@@ -131,6 +134,9 @@ class _LockWakeup:
 
     def wait(self, seconds: float) -> None:
         self._lock.acquire(True, min(max(seconds, 0.0), TIMEOUT_MAX))
+
+    def local(self) -> bool:
+        return False  # no event loop: nothing runs a callback for it
 
 
 _real_get_ident: Any = None
@@ -161,6 +167,9 @@ class _GreenWakeup:
         else:
             # Given back from another OS thread (gevent's threadpool, a real thread).
             self._loop.run_callback_threadsafe(self._waiter.switch, None)
+
+    def local(self) -> bool:
+        return bool(_real_get_ident() == self._thread)
 
     def wait(self, seconds: float) -> None:
         # update=True: the loop's cached time lags by whatever CPU the greenlets run

@@ -863,8 +863,14 @@ class Pool:
             waiter = None
             kept = False
             if self._waiters or self._holders:
-                # The order may keep it idle for a barger until the loop turns.
-                kept = not self._holders and self._order.barge(self._waiters, now)
+                # The order may keep it idle for a barger until the loop turns: only
+                # from the waiters' own OS thread, whose loop runs _serve_idle (a
+                # thread without a running hub would never hand it on).
+                kept = (
+                    not self._holders
+                    and self._order.barge(self._waiters, now)
+                    and self._waiters[0].wakeup.local()
+                )
                 if not kept:
                     waiter = self._next_waiter_locked(self._open)
             handed = waiter is not None

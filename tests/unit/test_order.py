@@ -146,6 +146,8 @@ class Loop:
         monkeypatch.setattr(_sync, "call_soon", self.callbacks.append)
         # Barging needs a loop that turns; this one does, when turn() is called.
         monkeypatch.setattr(_order, "_sync", SimpleNamespace(gevent_patched=lambda: True))
+        # ...in the waiters' own thread, as a greenlet's checkin under gevent would be.
+        monkeypatch.setattr(_sync._LockWakeup, "local", lambda self: True)
 
     def turn(self) -> None:
         callbacks, self.callbacks[:] = list(self.callbacks), []
