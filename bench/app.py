@@ -256,3 +256,58 @@ elif CONFIG == "ours":
         # A bench-only knob: what the session reset costs under load.
         reset_session=os.environ.get("BENCH_RESET_SESSION", "auto"),
     )
+
+
+if os.environ.get("BENCH_GATE"):
+    # Experiment: a first-come-first-served admission gate of BENCH_GATE requests
+    # around the application, so that requests past it wait with a shallow stack.
+    from collections import deque as _deque
+
+    import gevent.hub as _hub
+
+    class _Gate:
+        def __init__(self, app: Any, size: int) -> None:
+            self.app = app
+            self.free = size
+            self.waiters: _deque[Any] = _deque()
+
+        def leave(self) -> None:
+            if self.waiters:
+                waiter = self.waiters.popleft()
+                _hub.get_hub().loop.run_callback(waiter.switch, None)
+            else:
+                self.free += 1
+
+        def __call__(self, environ: Any, start_response: Any) -> Any:
+            if self.free > 0 and not self.waiters:
+                self.free -= 1
+            else:
+                waiter = _hub.Waiter()
+                self.waiters.append(waiter)
+                waiter.get()
+            try:
+                result = self.app(environ, start_response)
+            except BaseException:
+                self.leave()
+                raise
+            return _GateBody(self, result)
+
+    class _GateBody:
+        def __init__(self, gate: _Gate, result: Any) -> None:
+            self.gate = gate
+            self.result = result
+
+        def __iter__(self) -> Any:
+            return iter(self.result)
+
+        def close(self) -> None:
+            try:
+                close = getattr(self.result, "close", None)
+                if close is not None:
+                    close()
+            finally:
+                gate, self.gate = self.gate, None
+                if gate is not None:
+                    gate.leave()
+
+    application = _Gate(application, int(os.environ["BENCH_GATE"]))
