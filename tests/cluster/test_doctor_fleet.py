@@ -67,7 +67,6 @@ def _run(tmp_path: Path, ports: dict[str, int], *args: str) -> Any:
             "-m",
             "wsgi_db_pool",
             "check",
-            "--json",
             *(f"--alias={alias}" for alias in ports),
             *args,
         ],
