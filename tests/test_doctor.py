@@ -604,3 +604,31 @@ def test_help_shows_pool_config_defaults(monkeypatch: pytest.MonkeyPatch) -> Non
     assert "max_age in seconds, or 'none' (default 1800)" in text
     assert "max_idle in seconds, or 'none' (default none)" in text
     assert f"max_overflow (default {fields['max_overflow'].default})" in text
+
+
+def _fleet_plan() -> Any:
+    from wsgi_db_pool._doctor_plan import Plan
+
+    return Plan(
+        pool_size=5, max_overflow=5, max_age=3600.0, max_idle=600.0, min_size=0, timeout=30.0,
+        workers=4, hosts=2, reserve=10, worker_class="gevent", threads=1, aliases=None,
+    )  # fmt: skip
+
+
+def test_cluster_nodes_without_an_address_count_like_the_one_that_answered() -> None:
+    """Nodes announcing "AUTO" are left out of the addresses and counted like the node that
+    answered (a note says so); the N-1 share is still computed over the cluster's size."""
+    facts = {
+        "server": "Galera cluster c",
+        "max_connections": 45,
+        "galera": {"cluster_size": 3, "node": "node3"},
+        "nodes": [],
+    }
+    report = _doctor.Report("s")
+    _doctor._cluster_capacity(_fleet_plan(), facts, ["cluster"], 1, report)
+    found = {finding.check: finding for finding in report.findings}
+    assert found["nodes"].level == "note"
+    assert "3 in the cluster, 0 announcing a client address" in found["nodes"].message
+    assert found["capacity"].level == "ok"  # 27 a node, 35 of room
+    assert found["n_minus_one"].level == "fail"  # 40 a node
+    assert "node3 (max_connections 45 less the reserve of 10: 35)" in found["n_minus_one"].message

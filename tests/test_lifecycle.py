@@ -13,6 +13,7 @@ import pytest
 from django.db import connections
 from django.test import override_settings
 
+import wsgi_db_pool
 from tests.conftest import (
     OTHER_USER,
     ROOT,
@@ -214,6 +215,20 @@ def test_unreachable_server_answers_503(
     assert (stats["open"], stats["in_use"], stats["waiting"], stats["timeouts"]) == (0, 0, 0, 0)
     assert stats["connect_errors"] >= 1
     assert pooled.json("/read/")["conn_id"] in server.connection_ids()
+
+
+def test_is_available_turns_false_once_the_pool_backs_off(
+    make_pooled: Callable[..., Pooled], server: Server
+) -> None:
+    """is_available(): False once a refused connect backed the alias's pool off; True for
+    a pool that serves and for an alias no pool serves."""
+    pooled = make_pooled(aliases=["default", "unreachable"], pool_size=1, max_overflow=0)
+    assert pooled.request("/read/", "alias=unreachable").status_code == 503
+    assert pooled.stats("unreachable")["backed_off"]
+    assert not wsgi_db_pool.is_available("unreachable")
+    assert pooled.request("/read/").status_code == 200
+    assert wsgi_db_pool.is_available("default")
+    assert wsgi_db_pool.is_available("lite")  # not pooled: Django's own
 
 
 @pytest.fixture

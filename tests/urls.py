@@ -51,6 +51,7 @@ urlpatterns += [
 urlpatterns += [path("lost-then-retry/", views.lost_then_retry)]  # test_availability.py
 urlpatterns += [
     path("run-sql/", views.run_sql),
+    path("routed-read/", views.routed_read),
     path("probe-session/", views.probe_session),
     path("session-counter/", views.session_counter),
 ]  # tests/test_session_state.py

@@ -11,6 +11,7 @@ import importlib
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
+from ._registry import is_available
 from .errors import PoolClosed, PoolError, PoolOverloaded, PoolTimeout, PoolUnavailable
 
 if TYPE_CHECKING:
@@ -30,6 +31,7 @@ __all__ = [
     "PoolUnavailable",
     "PoolingMiddleware",
     "__version__",
+    "is_available",
     "pooled",
 ]
 

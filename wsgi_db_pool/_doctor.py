@@ -9,6 +9,10 @@ server's limits and says, in plain words:
   everything else) and under the account's limit; when several aliases reach one server,
   what their combined cap is and why a router makes it count. A sync worker opens at most
   one connection per alias, a gthread worker one per thread: the sum counts that;
+- for a Galera cluster (reached through a balancer, say): each node's share against its own
+  ``max_connections`` with every node up, and when one node is down (the other N-1 carry
+  all), each node reached at the client address it announces (``wsrep_incoming_addresses``);
+- for a replica: whether it replicates, its lag (``--max-lag``) and ``read_only``;
 - whether connections are retired (``max_age``, ``max_idle``) before the server drops
   idle ones (``wait_timeout``, ``idle_session_timeout``);
 - what the alias's driver does under the worker class, and whether its connects and
@@ -162,6 +166,12 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument(
         "--threads", type=int, default=1, help="threads per worker, with --worker-class gthread"
     )
+    check.add_argument(
+        "--max-lag",
+        type=float,
+        default=10.0,
+        help="seconds a replica may lag behind its primary before it is flagged (default 10)",
+    )
     check.add_argument("--json", action="store_true", help="print the findings as JSON")
     check.add_argument(
         "--strict", action="store_true", help="exit 1 on warnings too, not only on failures"
@@ -181,6 +191,8 @@ def _plan(args: argparse.Namespace, from_app: Any) -> Plan:
     for name in ("workers", "hosts", "threads"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name} must be at least 1, not {getattr(args, name)}")
+    if args.max_lag < 0:
+        raise ValueError(f"--max-lag must be >= 0, not {args.max_lag}")
     if args.reserve < 0:
         raise ValueError(f"--reserve must be >= 0, not {args.reserve}")
     if args.worker_class == "sync" and args.threads > 1:
@@ -200,6 +212,7 @@ def _plan(args: argparse.Namespace, from_app: Any) -> Plan:
         worker_class=args.worker_class,
         threads=args.threads,
         aliases=aliases,
+        max_lag=args.max_lag,
     )
 
 
@@ -260,9 +273,35 @@ def _server_facts(alias: str, dialect: Any) -> dict[str, Any]:
         except Exception as exc:
             raise CannotCheck(f"alias {alias!r}: cannot connect: {exc}") from exc
         facts: dict[str, Any] = dialect.facts(wrapper, connections.settings[alias])
-        return facts
     finally:
         wrapper.close()
+    galera = facts.get("galera")
+    if galera:
+        # One node answered (through a balancer, perhaps): each node's own limits.
+        facts["server"] = f"Galera cluster {galera['cluster_name']}"
+        facts["nodes"] = [_node_facts(alias, address, dialect) for address in galera["addresses"]]
+    return facts
+
+
+def _node_facts(alias: str, address: str, dialect: Any) -> dict[str, Any]:
+    """One cluster node, reached straight at its client ``address`` with the alias's
+    credentials and options; ``error`` when it could not be reached."""
+    from django.db import connections
+
+    host, _, port = address.rpartition(":")
+    wrapper = connections.create_connection(alias)
+    params = wrapper.get_connection_params()
+    params.pop("unix_socket", None)
+    params.update(host=host, port=int(port))
+    try:
+        conn = wrapper.get_new_connection(params)
+    except Exception as exc:
+        return {"address": address, "error": f"{type(exc).__name__}: {exc}"}
+    try:
+        facts: dict[str, Any] = {"address": address, **dialect.node_facts(conn)}
+        return facts
+    finally:
+        conn.close()
 
 
 # -- the checks -----------------------------------------------------------------------------
@@ -338,6 +377,114 @@ def _capacity(
         f"{superusers}{plan.reserve} are kept in reserve, leaving {room}: it does not fit "
         f"(aliases {names}). {_fewer(plan, room, aliases, pooled)} raise max_connections, or "
         f"put a proxy (ProxySQL, MaxScale, PgBouncer) in front; see docs/operations.md.",
+        server=server,
+    )
+
+
+def _cluster_capacity(
+    plan: Plan, facts: dict[str, Any], aliases: list[str], pooled: int, report: Report
+) -> None:
+    """A Galera cluster behind a balancer: each node carries its share, and when one is
+    down the other N-1 carry all (HAProxy's leastconn spreads connections evenly)."""
+    server = facts["server"]
+    needed = plan.processes * plan.per_alias(pooled) * len(aliases)
+    formula = (
+        f"{plan.hosts} host{'s' if plan.hosts != 1 else ''} x {plan.workers} "
+        f"worker{'s' if plan.workers != 1 else ''} x {plan.per_alias_text(pooled)}"
+        f"{'' if len(aliases) == 1 else f' x {len(aliases)} aliases'} = {needed}"
+    )
+    nodes = facts["nodes"]
+    for node in nodes:
+        if "error" in node:
+            report.add(
+                WARN,
+                "node",
+                f"node at {node['address']}: not reachable with the alias's account "
+                f"({node['error']}); its max_connections is not checked.",
+                server=server,
+            )
+    reached = [node for node in nodes if "error" not in node]
+    count = max(facts["galera"]["cluster_size"], len(nodes))
+    if len(nodes) < count:
+        # Nodes that announce no client address: counted like the node that answered.
+        reached.append(
+            {
+                "node": facts["galera"]["node"],
+                "max_connections": facts["max_connections"],
+            }
+        )
+        report.add(
+            NOTE,
+            "nodes",
+            f"nodes: {count} in the cluster, {len(nodes)} announcing a client address "
+            f"(wsrep_incoming_addresses); the others are counted as having the "
+            f"max_connections of {facts['galera']['node']}, which answered "
+            f"({facts['max_connections']}). Set wsrep_node_incoming_address on every node "
+            f"to have each checked.",
+            server=server,
+        )
+    if not reached:
+        return
+    names = ", ".join(repr(a) for a in aliases)
+
+    def short(share: int) -> list[str]:
+        return [
+            f"{node['node']} (max_connections {node['max_connections']} less the reserve "
+            f"of {plan.reserve}: {node['max_connections'] - plan.reserve})"
+            for node in reached
+            if node["max_connections"] - plan.reserve < share
+        ]
+
+    all_up = -(-needed // count)
+    tight = short(all_up)
+    if tight:
+        report.add(
+            FAIL,
+            "capacity",
+            f"capacity: {formula} connections at most, {all_up} a node with all {count} "
+            f"nodes up, more than {', '.join(tight)} can take (aliases {names}): connects "
+            f"there fail with 1040. Raise max_connections on it, or run fewer workers.",
+            server=server,
+        )
+    else:
+        report.add(
+            OK,
+            "capacity",
+            f"capacity: {formula} connections at most, {all_up} a node with all {count} "
+            f"nodes up, within each node's max_connections less the reserve of "
+            f"{plan.reserve} (aliases {names}).",
+            server=server,
+        )
+    if count < 2:
+        report.add(
+            NOTE,
+            "n_minus_one",
+            "one node down: the cluster has a single node now (wsrep_cluster_size 1), so "
+            "nothing carries the load while it is down.",
+            server=server,
+        )
+        return
+    one_down = -(-needed // (count - 1))
+    tight = short(one_down)
+    if tight:
+        report.add(
+            FAIL,
+            "n_minus_one",
+            f"one node down: the other {count - 1} carry all {needed} connections, "
+            f"{one_down} a node, more than {', '.join(tight)} can take: while a node is "
+            f"down, connects beyond that fail with 1040 (fast 503s and a connect backoff). "
+            f"Raise max_connections to at least {one_down + plan.reserve} on every node, "
+            f"or run fewer workers.",
+            server=server,
+        )
+        return
+    least = min(reached, key=lambda node: node["max_connections"])
+    report.add(
+        OK,
+        "n_minus_one",
+        f"one node down: the other {count - 1} carry all {needed} connections, "
+        f"{one_down} a node, within every node's max_connections less the reserve "
+        f"(the least is {least['node']}'s {least['max_connections']}).",
         server=server,
     )
 
@@ -538,8 +685,11 @@ def check(plan: Plan, settings_module: str) -> Report:
             report.add(level, name, message, alias=alias)
     for facts, server_aliases in by_server.values():
         report.servers.append({**facts, "aliases": server_aliases})
-        _capacity(plan, facts, server_aliases, pooled, report)
-        _connected(facts, report)
+        if facts.get("galera"):
+            _cluster_capacity(plan, facts, server_aliases, pooled, report)
+        else:
+            _capacity(plan, facts, server_aliases, pooled, report)
+            _connected(facts, report)
         _shared_server(plan, facts, server_aliases, pooled, report)
     for (_, kind, who), (facts, limit_aliases) in limits.items():
         _limit(plan, facts, limit_aliases, pooled, report, kind, who)
@@ -559,12 +709,29 @@ def _render(report: Report, plan: Plan) -> str:
         idle = "off" if server["idle_timeout"] is None else f"{server['idle_timeout']:g} s"
         kept = server["reserved_connections"]
         kept = f" ({kept} kept for superusers)" if kept else ""
-        lines.append(
-            f"server {server['server']} ({server['version']}): max_connections "
-            f"{server['max_connections']}{kept}, {server['idle_timeout_name']} {idle}, "
-            f"{server['connected_name']} {server['connected']}; aliases "
-            f"{', '.join(server['aliases'])}"
-        )
+        if server.get("galera"):
+            galera = server["galera"]
+            lines.append(
+                f"server {server['server']} ({server['version']}): {galera['cluster_size']} "
+                f"node(s) in a {galera['cluster_status']} component, answered by "
+                f"{galera['node']}; aliases {', '.join(server['aliases'])}"
+            )
+        else:
+            lines.append(
+                f"server {server['server']} ({server['version']}): max_connections "
+                f"{server['max_connections']}{kept}, {server['idle_timeout_name']} {idle}, "
+                f"{server['connected_name']} {server['connected']}; aliases "
+                f"{', '.join(server['aliases'])}"
+            )
+        for node in server.get("nodes", ()):
+            if "error" in node:
+                lines.append(f"  node at {node['address']}: not reachable")
+                continue
+            lines.append(
+                f"  node {node['node']} at {node['address']}: max_connections "
+                f"{node['max_connections']}, Threads_connected {node['connected']}, "
+                f"{node['state']}"
+            )
     for finding in report.findings:
         where = finding.alias or finding.server
         prefix = f"[{where}] " if where else ""

@@ -30,6 +30,9 @@ def facts(wrapper: Any, settings: dict[str, Any]) -> dict[str, Any]:
         max_conn, wait_timeout, max_user, hostname, port, version, user = cursor.fetchone()
         cursor.execute("SHOW GLOBAL STATUS LIKE 'Threads_connected'")
         connected = int(cursor.fetchone()[1])
+        galera = _galera(cursor)
+        read_only = _read_only(cursor)
+        replication = _replication(cursor)
     return {
         "vendor": "mysql",
         "server": f"{hostname}:{port}",
@@ -44,6 +47,119 @@ def facts(wrapper: Any, settings: dict[str, Any]) -> dict[str, Any]:
         "user_limit_name": "max_user_connections",
         "connected": connected,
         "connected_name": "Threads_connected",
+        # A Galera cluster (its size, its nodes' client addresses), or None.
+        "galera": galera,
+        "read_only": read_only,
+        # The replica's connections to its primaries (one per source), [] when it is
+        # none, None when the account may not read them.
+        "replication": replication,
+    }
+
+
+def _status(cursor: Any, names: tuple[str, ...]) -> dict[str, str]:
+    """Global status variables by lower-case name; those the server lacks are left out."""
+    cursor.execute(
+        "SELECT LOWER(VARIABLE_NAME), VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS "
+        f"WHERE LOWER(VARIABLE_NAME) IN ({', '.join(['%s'] * len(names))})",
+        names,
+    )
+    return {str(name): str(value) for name, value in cursor.fetchall()}
+
+
+def _galera(cursor: Any) -> dict[str, Any] | None:
+    """The cluster this node is part of; None for a server that is no Galera node.
+
+    MariaDB built with wsrep reports ``wsrep_cluster_size`` 0 when it runs without a
+    provider; MySQL lacks it (and information_schema.GLOBAL_STATUS: performance_schema).
+    """
+    try:
+        status = _status(
+            cursor,
+            (
+                "wsrep_cluster_size",
+                "wsrep_incoming_addresses",
+                "wsrep_cluster_status",
+                "wsrep_local_state_comment",
+            ),
+        )
+    except Exception:
+        return None
+    size = int(status.get("wsrep_cluster_size") or 0)
+    if size < 1:
+        return None
+    cursor.execute("SELECT @@wsrep_cluster_name, @@wsrep_node_name")
+    name, node = cursor.fetchone()
+    # A node whose address is not known to the others announces "AUTO" (loopback binds,
+    # say): left out, and counted like the node that answered.
+    addresses = [
+        address
+        for address in status.get("wsrep_incoming_addresses", "").split(",")
+        if address.rpartition(":")[2].isdigit()
+    ]
+    return {
+        "cluster_name": str(name),
+        "cluster_size": size,
+        "cluster_status": status.get("wsrep_cluster_status", ""),
+        "node": str(node),
+        # Each node's client address (host:port), as the nodes announce them.
+        "addresses": addresses,
+    }
+
+
+def node_facts(conn: Any) -> dict[str, Any]:
+    """One Galera node's own limits and state, through ``conn`` (a direct DB-API connection)."""
+    with conn.cursor() as cursor:
+        cursor.execute("SELECT @@wsrep_node_name, @@max_connections, @@hostname, @@port")
+        name, max_conn, hostname, port = cursor.fetchone()
+        status = _status(cursor, ("threads_connected", "wsrep_local_state_comment"))
+    return {
+        "node": str(name),
+        "server": f"{hostname}:{port}",
+        "max_connections": int(max_conn),
+        "connected": int(status.get("threads_connected", 0)),
+        "state": status.get("wsrep_local_state_comment", ""),
+    }
+
+
+def _read_only(cursor: Any) -> bool:
+    cursor.execute("SELECT @@read_only")
+    return bool(int(cursor.fetchone()[0]))
+
+
+def _replication(cursor: Any) -> list[dict[str, Any]] | None:
+    """The rows of SHOW ALL SLAVES STATUS (MariaDB: one per source), else SHOW REPLICA
+    STATUS (MySQL 8.0.22+) or SHOW SLAVE STATUS; None when the account may not read
+    them (MariaDB wants SLAVE MONITOR, MySQL REPLICATION CLIENT)."""
+    denied = False
+    for statement in ("SHOW ALL SLAVES STATUS", "SHOW REPLICA STATUS", "SHOW SLAVE STATUS"):
+        try:
+            cursor.execute(statement)
+        except Exception as exc:
+            # 1227: access denied; a syntax error: another server's statement.
+            denied = denied or "1227" in str(exc) or "denied" in str(exc).lower()
+            continue
+        names = [column[0] for column in cursor.description or ()]
+        return [_source(dict(zip(names, row, strict=True))) for row in cursor.fetchall()]
+    return None if denied else []
+
+
+def _source(row: dict[str, Any]) -> dict[str, Any]:
+    """One replication connection, under one set of names (MariaDB's and MySQL's differ)."""
+
+    def pick(*names: str) -> Any:
+        return next((row[name] for name in names if row.get(name) not in (None, "")), None)
+
+    lag = pick("Seconds_Behind_Master", "Seconds_Behind_Source")
+    delay = pick("SQL_Delay")
+    return {
+        "connection": str(pick("Connection_name", "Channel_Name") or ""),
+        "source": f"{pick('Master_Host', 'Source_Host')}:{pick('Master_Port', 'Source_Port')}",
+        "io_running": str(pick("Slave_IO_Running", "Replica_IO_Running")),
+        "sql_running": str(pick("Slave_SQL_Running", "Replica_SQL_Running")),
+        # NULL while the SQL thread is stopped (the lag is then unknown, and growing).
+        "lag": None if lag is None else int(lag),
+        "delay": int(delay or 0),  # MASTER_DELAY: a lag kept on purpose
+        "last_error": str(pick("Last_Error", "Last_IO_Error", "Last_SQL_Error") or ""),
     }
 
 
@@ -72,7 +188,73 @@ def checks(
         ("driver", *_driver(plan, name)),
         ("tls", *tls(options, name, version)),
         ("timeouts", *timeouts(options, name)),
+        *replica(plan, facts),
     ]
+
+
+def replica(plan: Plan, facts: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """A replica's findings: each replication connection's state and lag, and read_only."""
+    sources = facts.get("replication")
+    read_only = facts.get("read_only")
+    if sources is None:
+        if not read_only:
+            return []
+        return [
+            (
+                "replication",
+                NOTE,
+                "replication: the server is read_only (a replica?), but this account may "
+                "not read its replication state: grant it SLAVE MONITOR (MariaDB) or "
+                "REPLICATION CLIENT (MySQL) to see the replica's lag here.",
+            )
+        ]
+    if not sources:
+        return []
+    found = [("replication", *_source_finding(plan, source)) for source in sources]
+    if read_only:
+        found.append(
+            (
+                "read_only",
+                OK,
+                "read_only: ON: the application's account (without SUPER or READ ONLY "
+                "ADMIN) gets 1290 for a write sent here by mistake.",
+            )
+        )
+    else:
+        found.append(
+            (
+                "read_only",
+                WARN,
+                "read_only: OFF on a replica: a write routed here by mistake succeeds on "
+                "the replica alone, which the primary never sees, and replication may stop "
+                "at the next conflicting row. Set read_only=ON.",
+            )
+        )
+    return found
+
+
+def _source_finding(plan: Plan, source: dict[str, Any]) -> tuple[str, str]:
+    name = f"replica of {source['source']}"
+    if source["connection"]:
+        name += f" (connection {source['connection']!r})"
+    delay = f", MASTER_DELAY {source['delay']} s on purpose" if source["delay"] else ""
+    if source["io_running"] != "Yes" or source["sql_running"] != "Yes":
+        error = f"; last error: {source['last_error']}" if source["last_error"] else ""
+        lag = "unknown" if source["lag"] is None else f"{source['lag']} s"
+        return WARN, (
+            f"replication: {name} is stopped (IO thread {source['io_running']}, SQL thread "
+            f"{source['sql_running']}{error}); lag {lag}{delay}. Reads routed here see the "
+            f"data as it was when it stopped, and fall further behind: start the replica "
+            f"again, or route reads to the primary meanwhile."
+        )
+    lag = source["lag"]
+    if lag is not None and lag > plan.max_lag:
+        return WARN, (
+            f"replication: {name} lags {lag} s behind its primary{delay}, above --max-lag "
+            f"{plan.max_lag:g} s: reads routed here miss the last {lag} s of writes (a user "
+            f"may not see what they just saved)."
+        )
+    return OK, f"replication: {name}, running, lag {lag} s{delay} (--max-lag {plan.max_lag:g} s)."
 
 
 def _driver(plan: Plan, driver: str) -> tuple[str, str]:

@@ -30,6 +30,8 @@ class Plan:
     worker_class: str
     threads: int
     aliases: list[str] | None
+    #: Seconds a replica may lag behind its primary before the doctor warns.
+    max_lag: float = 10.0
 
     @property
     def cap(self) -> int:

@@ -44,6 +44,9 @@ class Reason(_PlainStr):
     LEAK = "leak"
     #: Opened past the cap for a request holding other aliases, and given back.
     RESERVE = "reserve"
+    #: Older than rebalance, retired at its paced turn so that its replacement may land
+    #: on another server behind the balancer (a node that came back).
+    REBALANCE = "rebalance"
 
 
 class Reject(_PlainStr):

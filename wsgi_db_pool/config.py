@@ -43,6 +43,7 @@ class PoolConfig:
     timeout: float = 30.0
     max_age: float | None = 60 * 60.0
     max_idle: float | None = 10 * 60.0
+    rebalance: float | None = 5 * 60.0
     overflow_max_idle: float | None = 30.0
     pre_ping: bool | float = 60.0
     retry_after: int = 5
@@ -63,6 +64,7 @@ class PoolConfig:
         _number("timeout", self.timeout, allow_zero=False)
         _number("max_age", self.max_age, allow_zero=False, allow_none=True)
         _number("max_idle", self.max_idle, allow_zero=False, allow_none=True)
+        _number("rebalance", self.rebalance, allow_zero=False, allow_none=True)
         _number("overflow_max_idle", self.overflow_max_idle, allow_zero=False, allow_none=True)
         if not isinstance(self.pre_ping, bool):
             try:
@@ -121,14 +123,17 @@ class PoolConfig:
 
         Half the shortest of ``max_idle``, ``overflow_max_idle``, ``max_age`` and
         ``warn_hold`` (so a long hold is reported within half of ``warn_hold`` of
-        passing it), at most 30 s and at least 0.05 s.
+        passing it), and at most ``rebalance / cap`` (the mean pace of retirements to
+        rebalance, so that idle connections keep it), at most 30 s and at least 0.05 s.
         """
         limits = [
-            x
+            x / 2
             for x in (self.max_idle, self.overflow_max_idle, self.max_age, self.warn_hold)
             if x is not None
         ]
-        return max(min([30.0, *(x / 2 for x in limits)]), 0.05)
+        if self.rebalance is not None:
+            limits.append(self.rebalance / self.cap)
+        return max(min([30.0, *limits]), 0.05)
 
 
 class PoolSettings(TypedDict, total=False):
@@ -139,6 +144,7 @@ class PoolSettings(TypedDict, total=False):
     timeout: float
     max_age: float | None
     max_idle: float | None
+    rebalance: float | None
     overflow_max_idle: float | None
     pre_ping: bool | float
     retry_after: int

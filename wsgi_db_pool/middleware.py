@@ -52,6 +52,12 @@ class PoolingMiddleware:
         timeout: seconds a checkout may take in all (waiting, connecting, pinging).
         max_age: seconds after which a connection is closed rather than reused (None: never).
         max_idle: seconds a connection may sit idle before it is closed (None: never).
+        rebalance: seconds after which a connection may be retired, when idle or given
+            back (never in use), so that its replacement goes where the load balancer
+            sends new connections (a cluster node that came back); paced at one
+            retirement per ``rebalance / (pool_size + max_overflow)`` seconds on average,
+            jittered, so a full pool is renewed once per ``rebalance`` without a
+            reconnect burst (None: off, only ``max_age`` retires connections).
         overflow_max_idle: seconds a connection beyond ``pool_size`` may sit idle before
             it is closed (None: as ``max_idle``), so that a swinging load does not
             reopen the overflow on every burst.

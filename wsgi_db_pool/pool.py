@@ -119,18 +119,31 @@ class PooledConnection:
         "checked_out_at",
         "conn",
         "created_at",
+        "due_at",
         "expires_at",
         "generation",
         "idle_since",
+        "rebalance_at",
         "warned",
         "where",
     )
 
-    def __init__(self, conn: Any, now: float, max_age: float | None, generation: int) -> None:
+    def __init__(
+        self,
+        conn: Any,
+        now: float,
+        max_age: float | None,
+        generation: int,
+        rebalance: float | None = None,
+    ) -> None:
         self.conn = conn
         self.created_at = now
         # Up to 10% early, so that connections opened together do not expire together.
         self.expires_at = math.inf if max_age is None else now + max_age * (1 - 0.1 * random())
+        # From then on it may be retired to rebalance, when the pool's pace allows.
+        self.rebalance_at = math.inf if rebalance is None else now + rebalance
+        # The earlier of the two: one comparison on the checkin path.
+        self.due_at = min(self.expires_at, self.rebalance_at)
         self.idle_since = now
         self.checked_out_at = now
         # What the holder was doing, for leak and long-hold events (set by the caller).
@@ -200,6 +213,10 @@ class Pool:
         self._max_waiting = config.max_waiting
         self._min_size = config.min_size
         self._warn_hold = config.warn_hold
+        self._rebalance = config.rebalance
+        # The mean seconds between two retirements to rebalance: a full pool is renewed
+        # once per ``rebalance``, one connection at a time.
+        self._rebalance_pace = 0.0 if config.rebalance is None else config.rebalance / config.cap
         self._reset_state()
 
     def set_log(self, log: _Log) -> None:
@@ -231,6 +248,7 @@ class Pool:
         self._backoff = Backoff()
         self._prober = False  # a prober is running for this generation
         self._probing = False  # a probe (the prober's or a checkout's) is under way
+        self._rebalance_next = 0.0  # no retirement to rebalance before this clock time
 
     # -- checkout ---------------------------------------------------------------
 
@@ -568,7 +586,9 @@ class Pool:
 
     def _opened_for_checkout(self, conn: Any, start: float) -> PooledConnection:
         """A connection opened in a checkout's slot: counted in, and the caller's."""
-        entry = PooledConnection(conn, monotonic(), self._max_age, self._generation)
+        entry = PooledConnection(
+            conn, monotonic(), self._max_age, self._generation, self._rebalance
+        )
         with self._lock:
             self._stats.checkouts += 1
             if self._count_opened_locked():
@@ -589,7 +609,9 @@ class Pool:
 
     def _opened_for_pool(self, conn: Any, start: float) -> None:
         """A connection the pool opened for itself (warm-up, the prober): delivered."""
-        entry = PooledConnection(conn, monotonic(), self._max_age, self._generation)
+        entry = PooledConnection(
+            conn, monotonic(), self._max_age, self._generation, self._rebalance
+        )
         with self._lock:
             recovered = self._count_opened_locked()
         try:
@@ -834,8 +856,8 @@ class Pool:
         if self._held is not None:
             self._held.discard(entry)
             long_hold = not entry.warned and held >= self._warn_hold  # type: ignore[operator]
-        if reason is None and now >= entry.expires_at:
-            reason = Reason.MAX_AGE
+        if reason is None and now >= entry.due_at:
+            reason = self._retirement(entry, now)
         try:
             if reason is None:
                 reason = self._recycle(entry, now, held)
@@ -847,6 +869,27 @@ class Pool:
                 self._warn_long_hold(entry, held, still_held=False)
             if self._leaked:
                 self.drain_leaked()
+
+    def _retirement(self, entry: PooledConnection, now: float) -> Reason | None:
+        """Why a connection past ``due_at`` is given back closed: ``max_age``, or its
+        turn to rebalance; None when the pace allows no retirement yet (recycled)."""
+        if now >= entry.expires_at:
+            return Reason.MAX_AGE
+        with self._lock:
+            return Reason.REBALANCE if self._rebalance_turn_locked(entry, now) else None
+
+    def _rebalance_turn_locked(self, entry: PooledConnection, now: float) -> bool:
+        """Whether ``entry`` (idle, or being given back: never one in use) is retired now.
+
+        Only one connection per pace, and the pace jittered (half to one and a half of
+        it), so that a pool never reconnects in a burst, nor the workers of a fleet in
+        step. The connection opened in its place goes where the balancer sends new
+        ones (HAProxy's ``leastconn``: to a node that came back).
+        """
+        if now < entry.rebalance_at or now < self._rebalance_next:
+            return False
+        self._rebalance_next = now + self._rebalance_pace * (0.5 + random())
+        return True
 
     def _give_back(self, entry: PooledConnection, reason: Reason | str | None = None) -> None:
         """Give back a connection no holder used (an abandoned handoff, an event that
@@ -1056,8 +1099,8 @@ class Pool:
     def reap(self) -> None:
         """Close idle connections past their time, warn of long holds; the reaper calls this.
 
-        ``max_age`` closes any; ``max_idle`` those above ``min_size``;
-        ``overflow_max_idle`` those above ``pool_size``.
+        ``max_age`` closes any, and ``rebalance`` any at its paced turn; ``max_idle``
+        those above ``min_size``; ``overflow_max_idle`` those above ``pool_size``.
         """
         self.drain_leaked()
         now = monotonic()
@@ -1092,8 +1135,11 @@ class Pool:
         return expired
 
     def _expired(self, entry: PooledConnection, now: float, open_: int) -> Reason | None:
-        if now >= entry.expires_at:
-            return Reason.MAX_AGE
+        if now >= entry.due_at:
+            if now >= entry.expires_at:
+                return Reason.MAX_AGE
+            if self._rebalance_turn_locked(entry, now):
+                return Reason.REBALANCE
         idle = now - entry.idle_since
         if (
             self._overflow_max_idle is not None
@@ -1170,6 +1216,14 @@ class Pool:
         for entry in [*self._idle, *self._leaked]:
             self.connector.abort(entry.conn)
         self._reset_state()
+
+    @property
+    def backed_off(self) -> bool:
+        """Whether the pool is backed off: a connect failed with evidence that the server
+        is out of reach, and until a probe succeeds no request connects (checkouts wait
+        for a connection given back, or are answered PoolUnavailable at once when none
+        is left). One attribute read, no lock and no I/O."""
+        return self._backoff.active
 
     @property
     def closed(self) -> bool:

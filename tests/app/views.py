@@ -570,6 +570,16 @@ def router_view(request: HttpRequest) -> HttpResponse:
     return JsonResponse({"seen": seen})
 
 
+def routed_read(request: HttpRequest) -> HttpResponse:
+    """Count the rows through the router's db_for_read: the alias it chose, and the
+    ``@@server_id`` of the server that answered on it."""
+    items = Item.objects.all()
+    count = items.count()
+    return JsonResponse(
+        {"alias": items.db, "server_id": _one("SELECT @@server_id", items.db), "count": count}
+    )
+
+
 def chain(request: HttpRequest) -> HttpResponse:
     """Query each alias of ``order`` in turn, keeping every connection until the end."""
     ids = []

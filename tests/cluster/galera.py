@@ -115,6 +115,7 @@ wsrep_cluster_name={self.cluster_name}
 wsrep_cluster_address=gcomm://{addresses}
 wsrep_node_name={self.name}
 wsrep_node_address=127.0.0.1
+wsrep_node_incoming_address=127.0.0.1:{self.port}
 wsrep_provider_options="{options}"
 wsrep_sst_method=rsync
 wsrep_sst_receive_address=127.0.0.1:{self.sst}

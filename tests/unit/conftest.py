@@ -193,7 +193,13 @@ def make_pool() -> Iterator[Callable[..., Pool]]:
     made: list[Pool] = []
 
     def make(**settings: Any) -> Pool:
-        config = {"pool_size": 2, "max_overflow": 0, "timeout": 5.0, "max_idle": None}
+        config = {
+            "pool_size": 2,
+            "max_overflow": 0,
+            "timeout": 5.0,
+            "max_idle": None,
+            "rebalance": None,
+        }
         config.update(settings)
         made.append(Pool("default", Connector(), PoolConfig(**config), Log()))
         return made[-1]

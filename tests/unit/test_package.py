@@ -93,6 +93,7 @@ def test_reasons_are_the_strings_they_always_were() -> None:
         "shutdown",
         "leak",
         "reserve",
+        "rebalance",
     ]
     assert Reason.BROKEN == "broken"
     assert (str(Reason.BROKEN), f"{Reason.BROKEN}") == ("broken", "broken")
@@ -106,7 +107,9 @@ def test_reasons_are_the_strings_they_always_were() -> None:
         pytest.param({"max_idle": 8.0}, 4.0, id="half-max_idle"),
         pytest.param({"warn_hold": 1.0}, 0.5, id="half-warn_hold"),
         pytest.param(
-            {"max_idle": None, "overflow_max_idle": None, "max_age": None}, 30.0, id="at-most-30"
+            {"max_idle": None, "overflow_max_idle": None, "max_age": None, "rebalance": None},
+            30.0,
+            id="at-most-30",
         ),
         pytest.param({"max_age": 0.01}, 0.05, id="at-least-0.05"),
     ],
