@@ -217,8 +217,7 @@ def targets(
             ok = ok and ours["rps"] >= stock60["rps"]
         rows.append(
             [
-                f"pk read at {clients}: req/s ≥ best peer's and ≥ stock CONN_MAX_AGE=60 "
-                "(medians)",
+                f"pk read at {clients}: req/s ≥ best peer's and ≥ stock CONN_MAX_AGE=60 (medians)",
                 "; ".join(parts),
                 pass_fail(ok if (peers or stock60) else None),
             ]
