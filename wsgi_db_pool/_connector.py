@@ -6,6 +6,7 @@ each step is the alias's dialect's.
 
 from __future__ import annotations
 
+import os
 import threading
 from time import monotonic
 from typing import Any
@@ -55,6 +56,7 @@ class AliasConnector:
         self._end_lock: Any = None
         self._ending = 0
         self._others: dict[Any, Any] = {}  # server identity -> a connection to it
+        self._pid = os.getpid()  # the process the three above belong to
 
     def classify(self, exc: Exception) -> str:
         kind: str = self.dialect.classify_connect_error(exc)
@@ -285,8 +287,11 @@ class AliasConnector:
         """
         session = self._abandon(wrapper)
         until = monotonic() + self.timeout
-        if self._end_lock is None:
-            self._end_lock = threading.Lock()  # looked up now: gevent's once patched
+        if self._end_lock is None or self._pid != os.getpid():
+            # Looked up now: gevent's once patched. After a fork the parent's lock may be
+            # held by a greenlet that does not exist here, and its connections are not ours.
+            self._end_lock = threading.Lock()
+            self._ending, self._others, self._pid = 0, {}, os.getpid()
         self._ending += 1
         try:
             with self._end_lock, _sync.deadline(until - monotonic()) as timer:

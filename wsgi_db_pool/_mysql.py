@@ -559,8 +559,9 @@ def end_session(other: Any, session: ServerSession, until: float) -> str:
     server (``node_of``), and wait until the server no longer lists it (or ``until``, a
     monotonic time).
 
-    The outcome: "killed", "gone" (the server had ended it already), "denied" (not the
-    account's session, or the account may not KILL it: nothing is sent) or
+    The outcome: "killed", "gone" (the server lists no session of that id that the
+    account may see: ended already, or another account's), "denied" (another account's
+    session, seen with the PROCESS privilege, or KILL refused: nothing killed) or
     "unconfirmed" (still listed at ``until``: a statement that ignores KILL until it
     returns, such as a Galera commit waiting for the cluster). Raises the driver's
     error when ``other`` fails; the caller then drops it.

@@ -14,11 +14,14 @@ from typing import Any
 from urllib.parse import urlencode
 
 import gevent
+import pymysql
 import pytest
 
-from tests.conftest import PeakSampler, Pooled, Server, events, request
+from tests.conftest import OTHER_USER, PeakSampler, Pooled, Server, events, request
 from tests.faults.conftest import running_queries, wait_for
 from tests.settings import DB_PORT
+from wsgi_db_pool import _mysql
+from wsgi_db_pool._connector import AliasConnector
 
 pytestmark = pytest.mark.fault
 
@@ -98,3 +101,55 @@ def test_an_interrupted_statement_is_killed_on_the_server(
     assert [e["outcome"] for e in events(logs, "db_pool.end_session")] == ["killed"]
     assert pooled.json("/run-sql/", alias="default", sql="SELECT 1")
     assert server.wait_count(1) == 1
+
+
+def _lingering(connector: AliasConnector, thread_id: int, node: tuple[Any, ...]) -> Any:
+    """A pooled wrapper of ``connector`` whose session is said to live at ``thread_id``
+    on ``node`` and to run a statement still: what the pool would end."""
+    wrapper = connector.connect()
+    guard = wrapper._wsgi_db_pool_guard
+    real = guard.session
+    guard.session = _mysql.ServerSession(thread_id, node, real.node_sql)
+    guard.running = True
+    assert connector.lingers(wrapper)
+    return wrapper, real
+
+
+@pytest.mark.parametrize(
+    ("whose", "outcome"),
+    [
+        pytest.param("another-server", "other_server", id="same-id-on-another-server"),
+        # Without the PROCESS privilege an account sees only its own sessions: the
+        # other account's is not listed for it, as if gone (with it: "denied").
+        pytest.param("another-account", "gone", id="another-accounts-session"),
+    ],
+)
+def test_an_end_never_kills_a_session_that_is_not_the_one_let_go(
+    server: Server, whose: str, outcome: str
+) -> None:
+    """The thread id names another server's session (a load balancer), or another
+    account's (a restart reused it): nothing is killed, and the outcome says why."""
+    other_account = pymysql.connect(**{**_credentials("other"), "autocommit": True})
+    try:
+        victim = other_account.thread_id()
+        connector = AliasConnector("default", timeout=5.0)
+        if whose == "another-server":
+            wrapper, real = _lingering(connector, victim, ("elsewhere", 3306))
+        else:
+            wrapper, real = _lingering(connector, victim, ("",))
+            wrapper._wsgi_db_pool_guard.session = real._replace(thread_id=victim)
+        assert connector.end(wrapper) == outcome
+        assert victim in server.connection_ids(OTHER_USER)
+        with other_account.cursor() as cursor:  # alive, and still usable
+            cursor.execute("SELECT 1")
+    finally:
+        other_account.close()
+    # The connections the end opened are closed.
+    assert server.wait_count(0) == 0
+
+
+def _credentials(alias: str) -> dict[str, Any]:
+    from django.db import connections
+
+    params: dict[str, Any] = connections[alias].get_connection_params()
+    return params
