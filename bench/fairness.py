@@ -66,6 +66,12 @@ class _Connector:
     def abort(self, conn: Any) -> None:
         pass
 
+    def lingers(self, conn: Any) -> bool:
+        return False
+
+    def end(self, conn: Any) -> str:
+        raise AssertionError("no connection lingers here")
+
 
 def ours(handoff: str = "fifo") -> tuple[Callable[[], Any], Callable[[Any], None]]:
     config = PoolConfig(

@@ -271,10 +271,10 @@ def django_app() -> Any:
     return get_wsgi_application()
 
 
-def make_environ(path: str, query: str = "") -> dict[str, Any]:
-    """A complete PEP 3333 environ for a GET, as a server would build it."""
+def make_environ(path: str, query: str = "", method: str = "GET") -> dict[str, Any]:
+    """A complete PEP 3333 environ for a request with no body, as a server would build it."""
     environ: dict[str, Any] = {
-        "REQUEST_METHOD": "GET",
+        "REQUEST_METHOD": method,
         "SCRIPT_NAME": "",
         "PATH_INFO": path,
         "QUERY_STRING": query,
@@ -288,8 +288,10 @@ def make_environ(path: str, query: str = "") -> dict[str, Any]:
 class Exchange:
     """One request played by hand the way a server does: call, iterate, then close()."""
 
-    def __init__(self, app: Callable[..., Any], path: str, query: str = "") -> None:
-        self.environ = make_environ(path, query)
+    def __init__(
+        self, app: Callable[..., Any], path: str, query: str = "", method: str = "GET"
+    ) -> None:
+        self.environ = make_environ(path, query, method)
         self.status: str | None = None
         self.headers: list[tuple[str, str]] = []
         self.body = b""
@@ -339,9 +341,9 @@ class Exchange:
         return None
 
 
-def request(app: Callable[..., Any], path: str, query: str = "") -> Exchange:
+def request(app: Callable[..., Any], path: str, query: str = "", method: str = "GET") -> Exchange:
     """A whole request by hand: call, read the body, close() even if reading fails."""
-    exchange = Exchange(app, path, query)
+    exchange = Exchange(app, path, query, method)
     try:
         exchange.read_rest()
     finally:

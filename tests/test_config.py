@@ -249,3 +249,55 @@ def test_max_age_accepts_exactly_the_positive_finite_numbers(value: float) -> No
     else:
         with pytest.raises(ValueError, match="max_age"):
             PoolingMiddleware(_app, max_age=value)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        pytest.param({"write_slots": 0}, ValueError, id="zero"),
+        pytest.param({"write_slots": 20}, ValueError, id="the-whole-cap"),
+        pytest.param({"pool_size": 1, "max_overflow": 0, "write_slots": 1}, ValueError, id="cap-1"),
+        pytest.param({"write_slots": True}, TypeError, id="bool"),
+        pytest.param({"write_slots": 2.0}, TypeError, id="float"),
+    ],
+)
+def test_write_slots_must_leave_the_reads_a_connection(
+    kwargs: dict[str, Any], error: type[Exception]
+) -> None:
+    """write_slots is None or 1 to cap - 1, and the error names it."""
+    with pytest.raises(error, match="write_slots"):
+        PoolingMiddleware(_app, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("pool_size", "max_overflow", "write_slots", "reads", "writes"),
+    [
+        pytest.param(10, 10, 10, (5, 5), (5, 5), id="half"),
+        pytest.param(10, 10, 5, (8, 7), (2, 3), id="quarter"),
+        pytest.param(0, 4, 1, (0, 3), (0, 1), id="overflow-only"),
+        pytest.param(3, 0, 1, (2, 0), (1, 0), id="no-overflow"),
+    ],
+)
+def test_write_slots_split_the_cap_between_two_pools(
+    pool_size: int,
+    max_overflow: int,
+    write_slots: int,
+    reads: tuple[int, int],
+    writes: tuple[int, int],
+) -> None:
+    """Each alias gets a pool for safe requests and one for the others; the caps add up."""
+    mw = PoolingMiddleware(
+        _app,
+        aliases=["default"],
+        pool_size=pool_size,
+        max_overflow=max_overflow,
+        write_slots=write_slots,
+    )
+    try:
+        stats = mw.stats()
+    finally:
+        mw.close()
+    assert set(stats) == {"default", "default:writes"}
+    got = {name: (s["pool_size"], s["max_overflow"]) for name, s in stats.items()}
+    assert got == {"default": reads, "default:writes": writes}
+    assert sum(map(sum, got.values())) == pool_size + max_overflow

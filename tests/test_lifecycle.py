@@ -24,6 +24,7 @@ from tests.conftest import (
     make_environ,
     request,
 )
+from tests.faults.conftest import wait_for
 from wsgi_db_pool import PoolingMiddleware
 
 
@@ -285,7 +286,10 @@ def test_interrupted_query_is_discarded(
     first = pooled.json("/read/")["conn_id"]
     with pytest.raises(gevent.Timeout), gevent.Timeout(0.2):
         pooled.request("/sleep-query/", "seconds=1")
+    # Once the pool has ended its session on the server, off the request's path.
+    wait_for(lambda: events(logs, "db_pool.discard"), 5.0, "the discard")
     assert [e["reason"] for e in events(logs, "db_pool.discard")] == ["interrupted"]
+    assert [e["outcome"] for e in events(logs, "db_pool.end_session")] == ["killed"]
     stats = pooled.stats()
     assert (stats["open"], stats["in_use"]) == (0, 0)
     assert pooled.json("/read/")["conn_id"] != first

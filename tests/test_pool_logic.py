@@ -94,6 +94,12 @@ class _Connector:
     def abort(self, conn: _Conn) -> None:
         conn.closed = True
 
+    def lingers(self, conn: _Conn) -> bool:
+        return False
+
+    def end(self, conn: _Conn) -> str:
+        raise AssertionError("no connection lingers here")
+
 
 def _pool(**kwargs: Any) -> Pool:
     config = {"pool_size": 3, "max_overflow": 0, "timeout": 0.2, "max_idle": None}

@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import gevent
 import pytest
 from django.core.signals import got_request_exception
 from django.db import connections
 from django.test import override_settings
 
-from tests.conftest import OTHER_USER, USER, Exchange, Pooled, Server, events
+from tests.conftest import (
+    OTHER_USER,
+    USER,
+    Exchange,
+    PeakSampler,
+    Pooled,
+    Server,
+    events,
+    request,
+)
+from tests.faults.conftest import wait_for
 from wsgi_db_pool import PoolClosed
 
 
@@ -320,3 +332,34 @@ def test_close_with_a_request_in_flight(
     assert [e["reason"] for e in events(logs, "db_pool.discard")] == ["shutdown"]
     assert pooled.stats()["open"] == 0
     assert server.wait_count(0) == 0
+
+
+def test_write_slots_keep_reads_going_while_every_write_slot_is_held(
+    make_pooled: Callable[..., Pooled], server: Server
+) -> None:
+    """write_slots: POSTs hold only their own connections, so GETs are served while slow
+    writes hold all of those, and the server never counts more than the cap."""
+    pooled = make_pooled(
+        aliases=["default"], pool_size=2, max_overflow=0, write_slots=1, timeout=5.0
+    )
+    counter = Server()  # a root connection of the sampler's own greenlet
+    with PeakSampler(counter.count) as sampled:
+        writes = [
+            gevent.spawn(request, pooled.app, "/fault-write/", f"name=slow{i}&sleep=1", "POST")
+            for i in range(2)
+        ]
+        wait_for(
+            lambda: pooled.stats("default:writes")["waiting"] == 1,
+            what="one write running and one waiting for the write slot",
+        )
+        started = time.monotonic()
+        reads = [pooled.json("/read/")["conn_id"] for _ in range(5)]
+        # Not queued behind the 1 s writes: served by the read pool's one connection.
+        assert time.monotonic() - started < 0.5
+        assert len(set(reads)) == 1
+        assert [g.get(timeout=5.0).status_code for g in writes] == [200, 200]
+    counter.conn.close()
+    assert sampled.peak <= 2
+    assert sorted(server.committed_names()) == ["slow0", "slow1"]
+    stats = pooled.mw.stats()
+    assert (stats["default"]["checkouts"], stats["default:writes"]["checkouts"]) == (5, 2)

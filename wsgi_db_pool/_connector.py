@@ -6,6 +6,9 @@ each step is the alias's dialect's.
 
 from __future__ import annotations
 
+import os
+import threading
+from time import monotonic
 from typing import Any
 
 from django.db import connections
@@ -19,6 +22,10 @@ from ._guard import Guard, leave_to_pool, leave_to_pool_settings, no_silent_reco
 __all__ = ["AliasConnector"]
 
 _django_create_connection = ConnectionHandler.create_connection
+
+# Connections an end of a session may open looking for the session's server behind a
+# load balancer; what the servers may count beyond the cap while sessions are ended.
+_END_TRIES = 3
 
 
 def _session_setup(wrapper: Any) -> list[str]:
@@ -44,6 +51,12 @@ class AliasConnector:
         self.reset_session = reset_session
         self.timeout = timeout
         self.dialect = dialect(alias)
+        # Ending sessions left on the server (end()): one connection of the alias's own
+        # at a time, kept while more ends wait for it.
+        self._end_lock: Any = None
+        self._ending = 0
+        self._others: dict[Any, Any] = {}  # server identity -> a connection to it
+        self._pid = os.getpid()  # the process the three above belong to
 
     def classify(self, exc: Exception) -> str:
         kind: str = self.dialect.classify_connect_error(exc)
@@ -254,6 +267,92 @@ class AliasConnector:
         raw = wrapper.connection
         if raw is not None:
             self.dialect.abort(raw)
+
+    def lingers(self, wrapper: Any) -> bool:
+        """Whether ``wrapper``'s session may still be running a statement on the server
+        (cut at ``read_timeout``, or interrupted) and where it lives is known."""
+        guard: Guard | None = getattr(wrapper, "_wsgi_db_pool_guard", None)
+        return guard is not None and guard.running and guard.session is not None
+
+    def end(self, wrapper: Any) -> str:
+        """Close ``wrapper`` and end its session on the server with KILL, through another
+        connection of the alias's account to the same server; wait until the server no
+        longer lists it, up to ``timeout`` seconds. Returns the outcome (see
+        ``_mysql.end_session``; "other_server": no connection reached the session's
+        server; "failed": none could be had). Never raises an Exception; the pool calls
+        it off every request's path.
+
+        One end at a time per alias; its connections (one per server reached, at most
+        ``_END_TRIES``) are kept while more ends wait, then closed.
+        """
+        session = self._abandon(wrapper)
+        until = monotonic() + self.timeout
+        if self._end_lock is None or self._pid != os.getpid():
+            # Looked up now: gevent's once patched. After a fork the parent's lock may be
+            # held by a greenlet that does not exist here, and its connections are not ours.
+            self._end_lock = threading.Lock()
+            self._ending, self._others, self._pid = 0, {}, os.getpid()
+        self._ending += 1
+        try:
+            with self._end_lock, _sync.deadline(until - monotonic()) as timer:
+                try:
+                    return self._end_through_other(wrapper, session, until)
+                except BaseException as exc:
+                    if timer is not None and exc is timer:
+                        self._drop_others()  # one may be cut mid-reply
+                        return "unconfirmed"
+                    if isinstance(exc, Exception):
+                        return "failed"
+                    self._drop_others()
+                    raise
+        finally:
+            self._ending -= 1
+            if not self._ending:
+                self._drop_others()  # nobody else waits: the servers count them too
+
+    def _abandon(self, wrapper: Any) -> Any:
+        guard: Guard = wrapper._wsgi_db_pool_guard
+        session = guard.session
+        guard.running = False
+        guard.session = None
+        raw, wrapper.connection = wrapper.connection, None
+        if raw is not None:
+            self.dialect.abort(raw)  # its reply, if any, is never read
+        return session
+
+    def _end_through_other(self, wrapper: Any, session: Any, until: float) -> str:
+        other = self._others.get(session.node)
+        tries = 0
+        # Behind a load balancer a new connection may reach another server, where the
+        # thread id names someone else's session: it is kept open while the next try
+        # runs (a least-connections balancer then sends that one elsewhere).
+        while other is None:
+            if tries == _END_TRIES:
+                return "other_server"
+            tries += 1
+            raw = wrapper.get_new_connection(wrapper.get_connection_params())
+            try:
+                node = self.dialect.node_of(raw, session)
+            except BaseException:
+                self.dialect.abort(raw)
+                raise
+            if node in self._others:
+                self.dialect.close(raw)  # a server already reached: tries stay bounded
+            else:
+                self._others[node] = raw
+            other = self._others.get(session.node)
+        try:
+            outcome: str = self.dialect.end_session(other, session, until)
+        except Exception:
+            self._others.pop(session.node, None)
+            self.dialect.abort(other)
+            raise
+        return outcome
+
+    def _drop_others(self) -> None:
+        others, self._others = self._others, {}
+        for other in others.values():
+            self.dialect.close(other)
 
 
 def _reset_failed(guard: Guard, exc: BaseException) -> str:

@@ -31,6 +31,11 @@ class Guard:
     makes the reset go out at checkin, and keeps how to reset the connection (``plan``,
     made at connect) and how many of the reset's replies are still on the socket
     (``pending``).
+
+    And it notes whether the server may still be running the statement when the
+    connection is lost (``running``: a read timeout or an interrupt, not the server's
+    own end of it): the pool then ends that session on the server (``session``, where
+    it lives) before its slot is free again.
     """
 
     __slots__ = (
@@ -41,6 +46,8 @@ class Guard:
         "pending",
         "plan",
         "restoring",
+        "running",
+        "session",
         "watch",
         "wrapper",
     )
@@ -57,6 +64,9 @@ class Guard:
         self.dirty = False
         self.plan = plan
         self.pending = 0
+        # The statement lost may still run on the server, in ``session``.
+        self.running = False
+        self.session: Any = dialect.server_session(plan)
         # The dialect's watch on what the connection sends (see Dialect.watch_statements).
         self.watch: Any = None
 
@@ -77,6 +87,8 @@ class Guard:
                 self.dialect.is_gone(exc) or (raw is not None and not self.dialect.is_open(raw))
             ):
                 self.lost("broken")  # also an error that left the socket dropped
+                # The driver gave up waiting for the reply; the server did not.
+                self.running = self.dialect.statement_may_run(exc)
             raise
         except BaseException:
             self.interrupted()
@@ -84,6 +96,7 @@ class Guard:
 
     def interrupted(self) -> None:
         self.lost("interrupted")
+        self.running = True  # cut while the server may still be at it
 
     def lost(self, fault: str) -> None:
         """The connection is finished: drop its socket; every later command fails at once."""
@@ -180,6 +193,9 @@ def no_silent_reconnect(wrapper: Any, guard: Guard, timeout: float) -> Callable[
         guard.dirty = False
         guard.pending = 0  # a new session: no reset's replies on its socket
         guard.watch = None  # nor is its driver connection watched: reset it every time
+        # Nor is it known where the new session lives: it is never ended on the server.
+        guard.running = False
+        guard.session = None
         leave_to_pool_settings(wrapper)
 
     return reconnect

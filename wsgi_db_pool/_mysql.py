@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import sys
+import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -227,6 +228,23 @@ _COM_RESET_CONNECTION = 0x1F
 _MAX_PAYLOAD = 0xFFFFFF
 
 
+class ServerSession(NamedTuple):
+    """Where a connection's session lives on the server, read at connect: enough to end
+    it from another connection (``end_session``) and to know that one reached the same
+    server. Thread ids are per server, so behind a load balancer the node matters."""
+
+    thread_id: int
+    # The server's identity as ``node_sql`` reads it: (@@hostname, @@port) on MariaDB
+    # (no server UUID there; a Galera node's wsrep_node_name defaults to the host name),
+    # @@server_uuid on MySQL.
+    node: tuple[Any, ...]
+    node_sql: str
+
+
+_MARIADB_NODE = "@@hostname, @@port"
+_MYSQL_NODE = "@@server_uuid"
+
+
 class ResetPlan(NamedTuple):
     """A connection's session reset, made once at connect."""
 
@@ -237,6 +255,8 @@ class ResetPlan(NamedTuple):
     # COM_INIT_DB back to the database of the connect, or b"": the reset keeps a USE.
     # Only where a request visibly changed it (USE); stored programs cannot.
     restore_db: bytes
+    # Where the session lives, read by the same query (no round trip of its own).
+    session: ServerSession | None = None
 
 
 # What the reset needs of PyMySQL's Connection; tests/test_contract.py pins each.
@@ -284,7 +304,7 @@ def plan_reset(raw: Any, statements: Callable[[], list[str]], autocommit: bool) 
     which ``reset_session`` then resets, waiting."""
     if not all(hasattr(raw, name) for name in _PYMYSQL_INTERNALS):
         return None
-    role, global_autocommit = _role_setup(raw)
+    role, global_autocommit, session = _role_setup(raw)
     # One statement less where the reset leaves autocommit as wanted by itself.
     leaves_it = autocommit and global_autocommit and getattr(raw, "init_command", None) is None
     setup = session_setup(raw, statements(), autocommit, set_autocommit=not leaves_it)
@@ -307,7 +327,7 @@ def plan_reset(raw: Any, statements: Callable[[], list[str]], autocommit: bool) 
     # PyMySQL does depends on NO_BACKSLASH_ESCAPES (an sql_mode), and an OK packet's
     # bits are all it ever learns of it.
     status = (raw.server_status & _NO_BACKSLASH_ESCAPES) | (_AUTOCOMMIT if autocommit else 0)
-    return ResetPlan(batch, 1 + len(setup), status, simple, restore_db)
+    return ResetPlan(batch, 1 + len(setup), status, simple, restore_db, session)
 
 
 # Per server and character set settings: whether COM_RESET_CONNECTION leaves the
@@ -320,10 +340,11 @@ _NAMES_SQL = (
 )
 
 
-def _role_setup(raw: Any) -> tuple[str | None, bool]:
+def _role_setup(raw: Any) -> tuple[str | None, bool, ServerSession]:
     """The SET ROLE that puts back the role the session began with, where the user has any
-    role to take (COM_RESET_CONNECTION leaves a role a request set, MariaDB 10.11), and
-    whether the server's global autocommit is on (the reset takes it from there).
+    role to take (COM_RESET_CONNECTION leaves a role a request set, MariaDB 10.11),
+    whether the server's global autocommit is on (the reset takes it from there), and
+    where the session lives (``ServerSession``).
 
     Asked per connection: a user granted no role cannot change it, but a grant made
     while the pool runs reaches the connections opened after it. MySQL's roles differ
@@ -332,8 +353,9 @@ def _role_setup(raw: Any) -> tuple[str | None, bool]:
     mariadb = "mariadb" in str(getattr(raw, "server_version", "")).lower()
     with raw.cursor() as cursor:
         if not mariadb:
-            cursor.execute("SELECT @@GLOBAL.autocommit")
-            return None, bool(cursor.fetchone()[0])
+            cursor.execute(f"SELECT @@GLOBAL.autocommit, CONNECTION_ID(), {_MYSQL_NODE}")
+            global_autocommit, thread_id, *node = cursor.fetchone()
+            return None, bool(global_autocommit), ServerSession(thread_id, tuple(node), _MYSQL_NODE)
         # FROM a derived table: a Galera node that must not be used (out of sync, cut
         # off) accepts the login and Django's setup, and refuses a query naming any
         # table but information_schema's with 1047, which fails this connect as a lost
@@ -341,14 +363,16 @@ def _role_setup(raw: Any) -> tuple[str | None, bool]:
         # instead of handing out a connection that fails at its first query.
         cursor.execute(
             "SELECT CURRENT_ROLE(), EXISTS(SELECT 1 FROM information_schema.APPLICABLE_ROLES),"
-            " @@GLOBAL.autocommit FROM (SELECT 1) AS serving"
+            f" @@GLOBAL.autocommit, CONNECTION_ID(), {_MARIADB_NODE} FROM (SELECT 1) AS serving"
         )
-        current, applicable, global_autocommit = cursor.fetchone()
+        current, applicable, global_autocommit, thread_id, *node = cursor.fetchone()
+    session = ServerSession(thread_id, tuple(node), _MARIADB_NODE)
     if not applicable:
-        return None, bool(global_autocommit)
+        return None, bool(global_autocommit), session
     if current is None:
-        return "SET ROLE NONE", bool(global_autocommit)
-    return "SET ROLE `" + str(current).replace("`", "``") + "`", bool(global_autocommit)
+        return "SET ROLE NONE", bool(global_autocommit), session
+    role = "SET ROLE `" + str(current).replace("`", "``") + "`"
+    return role, bool(global_autocommit), session
 
 
 def _names_kept(raw: Any, setup: list[str]) -> bool:
@@ -499,3 +523,75 @@ def reset_session(raw: Any, params: dict[str, Any]) -> None:
             cursor.execute("SET SESSION sql_mode = %s", (params["sql_mode"],))
         if params.get("init_command"):
             cursor.execute(params["init_command"])
+
+
+# -- ending a session the pool let go while its statement may still run ---------------
+
+# KILL refused: not the account's own thread and no CONNECTION ADMIN / SUPER (1095), or
+# no such privilege at all (1227).
+_KILL_DENIED = frozenset({1095, 1227})
+_UNKNOWN_THREAD = 1094
+# Between two looks whether a killed session has left the server.
+_END_POLL = 0.02
+
+
+def statement_may_run(exc: BaseException) -> bool:
+    """Whether the server may still be running the statement that raised ``exc``: the
+    driver stopped waiting for its reply (``read_timeout``), the server did not end it."""
+    return is_gone(exc) and _timed_out(exc)
+
+
+def server_session(plan: ResetPlan | None) -> ServerSession | None:
+    """Where the connection's session lives, as read at connect; None for drivers other
+    than PyMySQL (no plan: nothing read, nothing ended)."""
+    return None if plan is None else plan.session
+
+
+def node_of(other: Any, session: ServerSession) -> tuple[Any, ...]:
+    """The identity of the server ``other`` reached, comparable with ``session.node``."""
+    with other.cursor() as cursor:
+        cursor.execute(f"SELECT {session.node_sql}")
+        return tuple(cursor.fetchone())
+
+
+def end_session(other: Any, session: ServerSession, until: float) -> str:
+    """End ``session`` through ``other``, a connection of the same account to the same
+    server (``node_of``), and wait until the server no longer lists it (or ``until``, a
+    monotonic time).
+
+    The outcome: "killed", "gone" (the server lists no session of that id that the
+    account may see: ended already, or another account's), "denied" (another account's
+    session, seen with the PROCESS privilege, or KILL refused: nothing killed) or
+    "unconfirmed" (still listed at ``until``: a statement that ignores KILL until it
+    returns, such as a Galera commit waiting for the cluster). Raises the driver's
+    error when ``other`` fails; the caller then drops it.
+    """
+    with other.cursor() as cursor:
+        # The account's own thread only: after a restart the id may be anyone's.
+        cursor.execute(
+            "SELECT USER FROM information_schema.PROCESSLIST WHERE ID = %s", (session.thread_id,)
+        )
+        row = cursor.fetchone()
+        if row is None:
+            return "gone"
+        mine = other.user.decode() if isinstance(other.user, bytes) else other.user
+        if row[0] != mine:
+            return "denied"
+        try:
+            cursor.execute(f"KILL CONNECTION {int(session.thread_id)}")
+        except Exception as exc:
+            code = error_code(exc)
+            if code == _UNKNOWN_THREAD:
+                return "gone"
+            if code in _KILL_DENIED:
+                return "denied"
+            raise
+        while True:
+            cursor.execute(
+                "SELECT 1 FROM information_schema.PROCESSLIST WHERE ID = %s", (session.thread_id,)
+            )
+            if cursor.fetchone() is None:
+                return "killed"
+            if time.monotonic() + _END_POLL >= until:
+                return "unconfirmed"
+            time.sleep(_END_POLL)  # looked up now: gevent's once it has patched time

@@ -96,3 +96,23 @@ def reset_deferred(raw: Any) -> bool:
 def watch_statements(raw: Any) -> None:
     """No statement is proved clean here: "auto" resets after every request."""
     return None
+
+
+def statement_may_run(exc: BaseException) -> bool:
+    """Never said here: the pool ends no session on the server for SQLite."""
+    return False
+
+
+def server_session(plan: Any) -> None:
+    """No session to end from another connection (SQLite)."""
+    return None
+
+
+def node_of(other: Any, session: Any) -> Any:
+    """Never called: ``server_session`` gives none."""
+    raise NotImplementedError
+
+
+def end_session(other: Any, session: Any, until: float) -> str:
+    """Never called: ``server_session`` gives none."""
+    raise NotImplementedError

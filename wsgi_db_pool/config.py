@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any, TypedDict
 
 __all__ = ["RESET_SESSION", "PoolConfig", "PoolSettings"]
@@ -52,6 +52,7 @@ class PoolConfig:
     min_size: int = 0
     warn_hold: float | None = None
     capture_stack: bool = False
+    write_slots: int | None = None
 
     def __post_init__(self) -> None:
         _count("pool_size", self.pool_size)
@@ -85,6 +86,13 @@ class PoolConfig:
         _number("warn_hold", self.warn_hold, allow_zero=False, allow_none=True)
         if not isinstance(self.capture_stack, bool):
             raise TypeError(f"capture_stack must be True or False, not {self.capture_stack!r}")
+        if self.write_slots is not None:
+            _count("write_slots", self.write_slots)
+            if not 1 <= self.write_slots < self.cap:
+                raise ValueError(
+                    f"write_slots must be None or from 1 to pool_size + max_overflow - 1 "
+                    f"({self.cap - 1}), not {self.write_slots}"
+                )
         if self.reset_session not in RESET_SESSION:
             raise ValueError(
                 f"reset_session must be one of {', '.join(map(repr, RESET_SESSION))}, "
@@ -107,6 +115,27 @@ class PoolConfig:
     def cap(self) -> int:
         """The most connections open at once per alias in one process."""
         return self.pool_size + self.max_overflow
+
+    def split(self) -> tuple[PoolConfig, PoolConfig]:
+        """With ``write_slots``: the settings of the pool for safe requests and of the pool
+        for the others, whose caps add up to ``cap``; ``pool_size`` and ``max_overflow``
+        are shared out in proportion, ``min_size`` stays with the first."""
+        if self.write_slots is None:
+            raise ValueError("split() needs write_slots")
+        writes = self.write_slots
+        size = self.pool_size * writes // self.cap
+        write = replace(
+            self, pool_size=size, max_overflow=writes - size, min_size=0, write_slots=None
+        )
+        read_size = self.pool_size - size
+        read = replace(
+            self,
+            pool_size=read_size,
+            max_overflow=self.max_overflow - (writes - size),
+            min_size=min(self.min_size, read_size),
+            write_slots=None,
+        )
+        return read, write
 
     @property
     def ping_after(self) -> float | None:
@@ -153,3 +182,4 @@ class PoolSettings(TypedDict, total=False):
     min_size: int
     warn_hold: float | None
     capture_stack: bool
+    write_slots: int | None

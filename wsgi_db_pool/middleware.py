@@ -79,6 +79,11 @@ class PoolingMiddleware:
             request logs ``db_pool.long_hold`` with where it was checked out (None: off).
         capture_stack: with ``warn_hold``, record the stack at each checkout for
             that event (costs a stack walk per checkout).
+        write_slots: of each alias's ``pool_size + max_overflow``, the connections kept
+            for requests whose method is not safe (POST, PUT, PATCH, DELETE: any but
+            GET, HEAD, OPTIONS, TRACE), which use only those; the others use the rest.
+            Writes stalled by the database (a Galera node lost) then cannot hold the
+            connections that reads need. None: one pool per alias for all requests.
         logger: a structlog logger for the ``db_pool.*`` events.
     """
 
@@ -99,12 +104,20 @@ class PoolingMiddleware:
         self.aliases = resolve_aliases(aliases)
         self._logger = logger
         log = _events.resolve(logger)
-        self._pools = {
-            alias: Pool(
-                alias, AliasConnector(alias, config.reset_session, config.timeout), config, log
-            )
-            for alias in self.aliases
-        }
+        if config.write_slots is None:
+            reads, writes = config, None
+        else:
+            reads, writes = config.split()
+        self._pools = {alias: _pool(alias, alias, reads, log) for alias in self.aliases}
+        # With write_slots, requests with an unsafe method check out from pools of their
+        # own: a write the database stalls (a Galera node lost, a lock wait) then holds
+        # one of those, and never the connections the reads need.
+        self._write_pools = (
+            None
+            if writes is None
+            else {alias: _pool(f"{alias}:writes", alias, writes, log) for alias in self.aliases}
+        )
+        self._every_pool = [*self._pools.values(), *(self._write_pools or {}).values()]
         self._log = log
         self._retry_after = config.retry_after
         self._capture_stack = config.capture_stack
@@ -121,7 +134,10 @@ class PoolingMiddleware:
             self._after_fork()
         if not self._ready:
             self._prepare()
-        lease = Lease(self._pools, environ.get("PATH_INFO"), self._capture_stack)
+        pools = self._pools
+        if self._write_pools is not None and environ.get("REQUEST_METHOD") not in _SAFE_METHODS:
+            pools = self._write_pools
+        lease = Lease(pools, environ.get("PATH_INFO"), self._capture_stack)
         lease.begin()
         response = Response(start_response, lease, self._retry_after)
         try:
@@ -147,7 +163,7 @@ class PoolingMiddleware:
                 "its connection storage was made greenlet-local",
             )
         self._log = _events.resolve(self._logger)
-        for pool in self._pools.values():
+        for pool in self._every_pool:
             pool.set_log(self._log)
         if self._stop is None and not self.closed:
             self._start_reaper()
@@ -155,7 +171,7 @@ class PoolingMiddleware:
 
     def _after_fork(self) -> None:
         # The child must never use (or QUIT) a connection its parent opened.
-        for pool in self._pools.values():
+        for pool in self._every_pool:
             pool.after_fork()
         self._stop = None
         self._ready = False
@@ -175,7 +191,7 @@ class PoolingMiddleware:
         thread.start()
 
     def _reap(self) -> None:
-        for pool in self._pools.values():
+        for pool in self._every_pool:
             pool.reap()
             pool.fill()
 
@@ -183,7 +199,7 @@ class PoolingMiddleware:
 
     @property
     def pools(self) -> dict[str, Pool]:
-        """The pool of each pooled alias."""
+        """The pool of each pooled alias (with ``write_slots``: the safe requests' pool)."""
         return self._pools
 
     def pooled(self) -> PooledScope:
@@ -192,12 +208,12 @@ class PoolingMiddleware:
 
     def stats(self) -> dict[str, dict[str, Any]]:
         """Per alias: ``open``, ``idle``, ``in_use``, ``waiting`` and running totals."""
-        return {alias: pool.stats() for alias, pool in self._pools.items()}
+        return {pool.name: pool.stats() for pool in self._every_pool}
 
     @property
     def closed(self) -> bool:
         """Whether ``close()`` was called."""
-        return any(pool.closed for pool in self._pools.values())
+        return any(pool.closed for pool in self._every_pool)
 
     def close(self) -> None:
         """Close every idle connection; later checkouts raise PoolClosed (a 503 to clients).
@@ -207,8 +223,17 @@ class PoolingMiddleware:
         """
         if self._stop is not None:
             self._stop.set()
-        for pool in self._pools.values():
+        for pool in self._every_pool:
             pool.close()
+
+
+# RFC 9110's safe methods: requests that ought to read only. The others (POST, PUT,
+# PATCH, DELETE, ...) use the write pools when write_slots is set.
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+
+
+def _pool(name: str, alias: str, config: PoolConfig, log: Any) -> Pool:
+    return Pool(name, AliasConnector(alias, config.reset_session, config.timeout), config, log)
 
 
 def _reap_loop(

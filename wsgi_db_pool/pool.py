@@ -79,6 +79,8 @@ _PROBE: Final = _Handoff.PROBE
 _CLOSED: Final = _Handoff.CLOSED
 _UNAVAILABLE: Final = _Handoff.UNAVAILABLE
 _RESET: Final = _Checkin.RESET
+# Discards after which the server may still be running the holder's statement.
+_MAY_LINGER: Final = frozenset({Reason.BROKEN, Reason.INTERRUPTED})
 
 
 class Connector(Protocol):
@@ -104,6 +106,15 @@ class Connector(Protocol):
 
     def abort(self, conn: Any) -> None:
         """Drop ``conn``'s socket without any I/O or lock (finalizers, forks); never raises."""
+
+    def lingers(self, conn: Any) -> bool:
+        """Whether ``conn``, being discarded, may leave a session on the server that is
+        still running a statement (its holder stopped waiting for the reply)."""
+
+    def end(self, conn: Any) -> str:
+        """Close a lingering ``conn`` and end its session on the server; may take seconds
+        (the pool calls it in the background). The outcome, for the event; never raises
+        an Exception."""
 
 
 class _Log(Protocol):
@@ -862,7 +873,10 @@ class Pool:
             if reason is None:
                 reason = self._recycle(entry, now, held)
             if reason is not None:
-                self._discard(entry, reason, held=held)
+                if reason in _MAY_LINGER and self.connector.lingers(entry.conn):
+                    self._end_later(entry, reason, held)
+                else:
+                    self._discard(entry, reason, held=held)
         finally:
             # Events last: a logger that raises cannot keep the entry from coming back.
             if long_hold:
@@ -995,6 +1009,43 @@ class Pool:
             finally:
                 # Logged last: a logger that raises or yields cannot cost the slot.
                 self._log_discard(reason, held)
+
+    def _end_later(self, entry: PooledConnection, reason: Reason | str, held: float) -> None:
+        """Discard a connection whose session may still be running a statement on the
+        server (cut at read_timeout, or interrupted): the server counts that session
+        until it ends, so its slot stays counted (as closing) until the connector has
+        ended it there. In the background: the holder's request does not wait for it."""
+        with self._lock:
+            self._in_use -= 1
+            self._closing += 1
+        thread = threading.Thread(
+            target=self._end, args=(entry, reason, held), name="wsgi_db_pool-end", daemon=True
+        )
+        try:
+            thread.start()
+        except BaseException:
+            self._discard(entry, reason)  # no thread: closed here, the slot freed
+            raise
+
+    def _end(self, entry: PooledConnection, reason: Reason | str, held: float) -> None:
+        start = monotonic()
+        outcome = "interrupted"
+        try:
+            outcome = self.connector.end(entry.conn)
+        finally:
+            if entry.generation == self._generation:  # else forked meanwhile: not ours
+                with self._lock:
+                    self._stats.discards[reason] += 1
+                    self._closing -= 1
+                    self._release_slot_locked()
+                self._log_discard(reason, held)
+                log = self._log.info if outcome in ("killed", "gone") else self._log.warning
+                log(
+                    "db_pool.end_session",
+                    **self._counts(),
+                    outcome=outcome,
+                    seconds=round(monotonic() - start, 6),
+                )
 
     def _release_held_slot(self) -> None:
         with self._lock:

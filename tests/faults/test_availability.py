@@ -43,6 +43,7 @@ class Load:
     every: float
     alias: str
     done: list[tuple[float, float, int]] = field(default_factory=list)  # started, ended, status
+    method: str = "GET"
     _running: bool = True
     _greenlets: list[gevent.Greenlet] = field(default_factory=list)
 
@@ -57,7 +58,7 @@ class Load:
                 gevent.sleep(max(beat - time.monotonic(), 0.0))
                 beat = max(beat + self.every, time.monotonic())
                 started = time.monotonic()
-                status = request(self.app, self.path, self.query).status_code
+                status = request(self.app, self.path, self.query, self.method).status_code
                 self.done.append((started, time.monotonic(), status))
         finally:
             # Stock Django keeps the greenlet's connection (CONN_MAX_AGE): close it, as

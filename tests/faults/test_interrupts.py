@@ -81,6 +81,8 @@ def test_interrupted_transaction_is_never_committed(
             caught = "Timeout" if interrupt == "timeout" else "GreenletExit"
             assert [f"caught {caught}"] == RECORDED
 
+    # Discarded once the pool has ended the session on the server (off the request's path).
+    wait_for(lambda: events(logs, "db_pool.discard"), 5.0, "the discard")
     assert [e["reason"] for e in events(logs, "db_pool.discard")] == ["interrupted"]
     stats = pooled.stats()
     assert (stats["open"], stats["in_use"], stats["waiting"]) == (0, 0, 0)

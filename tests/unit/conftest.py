@@ -112,6 +112,11 @@ class Connector:
         self.switch = False  # let other threads run inside connect()
         self.reset_result: Callable[[Conn], str | None] = lambda conn: None
         self.check_result: str | None = None
+        # Connections whose session is left running on the server when discarded; end()
+        # ends one once `ended` is set (the server's KILL taking its time).
+        self.lingering: list[Conn] = []
+        self.ended = threading.Event()
+        self.ended.set()
 
     def connect(self) -> Conn:
         with self._lock:
@@ -156,6 +161,14 @@ class Connector:
 
     def abort(self, conn: Conn) -> None:
         self._gone(conn)
+
+    def lingers(self, conn: Conn) -> bool:
+        return conn in self.lingering
+
+    def end(self, conn: Conn) -> str:
+        self.ended.wait()
+        self._gone(conn)
+        return "killed"
 
     def _gone(self, conn: Conn) -> None:
         assert not conn.closed, f"{conn} closed twice"

@@ -178,3 +178,44 @@ def test_stats_count_what_happened(make_pool: Callable[..., Pool]) -> None:
     assert wait["count"] == 4
     assert wait["buckets"][0] == (0.001, 4)
     assert wait["buckets"][-1] == ("+Inf", 4)
+
+
+@pytest.mark.parametrize("reason", [Reason.BROKEN, Reason.INTERRUPTED])
+def test_a_lingering_session_keeps_its_slot_until_ended_off_the_holders_path(
+    make_pool: Callable[..., Pool], reason: Reason
+) -> None:
+    """A discard whose session may still run on the server: checkin returns at once, the
+    slot stays counted until the connector ended the session, then goes to a waiter."""
+    pool = make_pool(pool_size=1)
+    connector = connector_of(pool)
+    entry = pool.checkout()
+    connector.lingering.append(entry.conn)
+    connector.ended.clear()  # the server is slow to end it
+    pool.checkin(entry, reason)  # returns: the holder does not wait for the KILL
+    assert not entry.conn.closed
+    assert counts(pool) == (1, 0, 0)
+    waiter = Spawned(pool.checkout, 2.0)
+    with pytest.raises(AssertionError):
+        waiter.result(0.1)  # the slot is still the lingering session's
+    assert connector.live == 1  # what the server counts: never above the cap
+    connector.ended.set()
+    got = waiter.result()
+    assert entry.conn.closed
+    assert got.conn is not entry.conn
+    assert connector.peak == 1
+    assert pool.stats()["discards"] == {reason.value: 1}
+    ended = log_of(pool).named("db_pool.end_session")
+    assert [e["outcome"] for e in ended] == ["killed"]
+    pool.checkin(got)
+
+
+def test_a_discard_that_does_not_linger_is_closed_on_the_spot(
+    make_pool: Callable[..., Pool],
+) -> None:
+    """A broken connection whose session is over (the server closed it): closed in checkin."""
+    pool = make_pool(pool_size=1)
+    entry = pool.checkout()
+    pool.checkin(entry, Reason.BROKEN)
+    assert entry.conn.closed
+    assert counts(pool) == (0, 0, 0)
+    assert log_of(pool).named("db_pool.end_session") == []
