@@ -52,11 +52,14 @@ if not gevent.monkey.is_module_patched("socket"):
 
 os.environ["BENCH_CONFIG"] = "stock60"  # Django's own handler; we wrap it ourselves
 import app  # noqa: E402
+import fairness  # noqa: E402
 import structlog  # noqa: E402
 from _common import connect_app_user, create_table  # noqa: E402
 from django.db import connections  # noqa: E402
 
 from wsgi_db_pool import PoolingMiddleware, _mysql  # noqa: E402
+from wsgi_db_pool.config import PoolConfig  # noqa: E402
+from wsgi_db_pool.pool import Pool  # noqa: E402
 
 Timing = dict[str, float]
 
@@ -351,6 +354,12 @@ def measure_pools(stock: Stock, repeats: int, number: int) -> dict[str, Any]:
     ours = middleware.pools["default"]
     loops["wsgi_db_pool Pool"] = lambda: ours.checkin(ours.checkout())
     closers.append(middleware.close)
+    # The pool's own bookkeeping: the same defaults, a connector that does nothing (no
+    # socket poll, no reset), as issue #14's target reads.
+    bare_pool = Pool(
+        "noop", fairness._Connector(), PoolConfig(pool_size=10, max_overflow=10), ours._log
+    )
+    loops["wsgi_db_pool Pool (no-op connector)"] = lambda: bare_pool.checkin(bare_pool.checkout())
 
     def pymysql_creator() -> Any:
         return connect_app_user(autocommit=False)  # PyMySQL's default, as QueuePool expects
