@@ -632,3 +632,40 @@ def test_cluster_nodes_without_an_address_count_like_the_one_that_answered() -> 
     assert found["capacity"].level == "ok"  # 27 a node, 35 of room
     assert found["n_minus_one"].level == "fail"  # 40 a node
     assert "node3 (max_connections 45 less the reserve of 10: 35)" in found["n_minus_one"].message
+
+
+@pytest.mark.parametrize(
+    ("options", "seconds"),
+    [
+        ("base_port = 4567; evs.suspect_timeout = PT5S; evs.view_forget_timeout = P1D", 5.0),
+        ("evs.suspect_timeout = PT1M30S", 90.0),
+        ("evs.suspect_timeout = PT0.5S;", 0.5),
+        ("evs.inactive_timeout = PT15S", None),
+        ("evs.suspect_timeout = P1D", None),
+        ("", None),
+    ],
+)
+def test_galera_suspect_timeout_is_read_from_the_provider_options(
+    options: str, seconds: float | None
+) -> None:
+    from wsgi_db_pool._doctor_mysql import suspect_timeout
+
+    assert suspect_timeout(options) == seconds
+
+
+@pytest.mark.parametrize(("timeout", "level"), [(5.0, "warn"), (7.0, "warn"), (10.0, "ok")])
+def test_a_timeout_below_the_cluster_stall_is_named(timeout: float, level: str) -> None:
+    """A node lost stalls commits for evs.suspect_timeout and a view change (6 s here):
+    a pool timeout that does not outlast it by a second is a warning that says why."""
+    import dataclasses
+
+    plan = dataclasses.replace(_fleet_plan(), timeout=timeout)
+    facts = {"server": "Galera cluster c", "galera": {"suspect_timeout": 5.0}}
+    report = _doctor.Report("s")
+    _doctor._cluster_stall(plan, facts, report)
+    [finding] = report.findings
+    assert (finding.check, finding.level) == ("stall", level)
+    assert "about 6 s" in finding.message
+    if level == "warn":
+        assert "Raise timeout above 7 s" in finding.message
+        assert "write_slots" in finding.message

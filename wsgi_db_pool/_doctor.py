@@ -489,6 +489,41 @@ def _cluster_capacity(
     )
 
 
+# What a view change adds to the suspect timeout before the survivors commit again
+# (measured on the suite's cluster: 6 s from kill -9 to commits, with the 5 s default).
+_VIEW_CHANGE_S = 1.0
+
+
+def _cluster_stall(plan: Plan, facts: dict[str, Any], report: Report) -> None:
+    """A node lost stalls every write commit on the others until they drop it: the
+    pool's ``timeout`` must outlast that, or requests queued behind the stalled writes
+    are answered 503 where stock Django would serve them (docs/scale-out.md)."""
+    suspect = facts["galera"].get("suspect_timeout")
+    if suspect is None:
+        return
+    stall = suspect + _VIEW_CHANGE_S
+    if plan.timeout > stall + 1.0:
+        report.add(
+            OK,
+            "stall",
+            f"stall: a node lost stalls write commits for about {stall:g} s "
+            f"(evs.suspect_timeout {suspect:g} s and the view change); timeout={plan.timeout:g} "
+            f"s outlasts it.",
+            server=facts["server"],
+        )
+        return
+    report.add(
+        WARN,
+        "stall",
+        f"stall: a node lost stalls write commits for about {stall:g} s (evs.suspect_timeout "
+        f"{suspect:g} s and the view change), and timeout={plan.timeout:g} s does not "
+        f"outlast it: while stalled writes hold the connections, requests waiting for one "
+        f"are answered 503. Raise timeout above {stall + 1.0:g} s, and set write_slots so "
+        f"that stalled writes hold only their share of the cap (docs/scale-out.md).",
+        server=facts["server"],
+    )
+
+
 def _fewer(plan: Plan, room: int, aliases: list[str], pooled: int) -> str:
     """What to shrink so that the pools fit into ``room``, for the worker class."""
     room = max(room, 0)
@@ -687,6 +722,7 @@ def check(plan: Plan, settings_module: str) -> Report:
         report.servers.append({**facts, "aliases": server_aliases})
         if facts.get("galera"):
             _cluster_capacity(plan, facts, server_aliases, pooled, report)
+            _cluster_stall(plan, facts, report)
         else:
             _capacity(plan, facts, server_aliases, pooled, report)
             _connected(facts, report)

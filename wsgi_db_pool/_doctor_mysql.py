@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import configparser
 import os
+import re
 import ssl
 import sys
 from typing import Any
@@ -87,8 +88,8 @@ def _galera(cursor: Any) -> dict[str, Any] | None:
     size = int(status.get("wsrep_cluster_size") or 0)
     if size < 1:
         return None
-    cursor.execute("SELECT @@wsrep_cluster_name, @@wsrep_node_name")
-    name, node = cursor.fetchone()
+    cursor.execute("SELECT @@wsrep_cluster_name, @@wsrep_node_name, @@wsrep_provider_options")
+    name, node, provider_options = cursor.fetchone()
     # A node whose address is not known to the others announces "AUTO" (loopback binds,
     # say): left out, and counted like the node that answered.
     addresses = [
@@ -103,7 +104,26 @@ def _galera(cursor: Any) -> dict[str, Any] | None:
         "node": str(node),
         # Each node's client address (host:port), as the nodes announce them.
         "addresses": addresses,
+        # How long the survivors wait before they drop a node that stopped answering.
+        "suspect_timeout": suspect_timeout(str(provider_options or "")),
     }
+
+
+def suspect_timeout(provider_options: str) -> float | None:
+    """``evs.suspect_timeout`` in seconds, from ``wsrep_provider_options``; None if absent.
+
+    The provider writes durations in ISO 8601 (``PT5S``, ``PT1M30S``, ``PT0.5S``).
+    """
+    for option in provider_options.split(";"):
+        key, _, value = option.partition("=")
+        if key.strip() != "evs.suspect_timeout":
+            continue
+        match = re.fullmatch(r"PT(?:(\d+)H)?(?:(\d+)M)?(?:(\d+(?:\.\d+)?)S)?", value.strip())
+        if match is None or not any(match.groups()):
+            return None
+        hours, minutes, seconds = (float(part or 0) for part in match.groups())
+        return hours * 3600 + minutes * 60 + seconds
+    return None
 
 
 def node_facts(conn: Any) -> dict[str, Any]:

@@ -129,6 +129,12 @@ def test_cluster_capacity_counts_each_node_and_one_node_down(
     capacity = _finding(document, "capacity")
     assert capacity["level"] == "ok"
     assert "= 80 connections at most, 27 a node with all 3 nodes up" in capacity["message"]
+    # The suite's nodes keep Galera's default evs.suspect_timeout of 5 s: a node lost
+    # stalls commits about 6 s, which the default timeout of 30 s outlasts.
+    assert server["galera"]["suspect_timeout"] == 5.0
+    stall = _finding(document, "stall")
+    assert stall["level"] == "ok"
+    assert "about 6 s" in stall["message"]
     down = _finding(document, "n_minus_one")
     assert down["level"] == "fail"
     assert "the other 2 carry all 80 connections, 40 a node" in down["message"]
