@@ -154,7 +154,8 @@ def test_max_user_connections_too_low_fails(server: Server) -> None:
 
 
 def test_tls_and_timeouts_are_flagged(server: Server, tmp_path: Path) -> None:
-    """An alias without ssl_disabled and without read/write timeouts gets two warnings."""
+    """An alias without ssl_disabled gets a note (the pool shares one TLS context), and one
+    without read/write timeouts a warning."""
     (tmp_path / "loose_settings.py").write_text(
         textwrap.dedent(
             """
@@ -170,8 +171,9 @@ def test_tls_and_timeouts_are_flagged(server: Server, tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     found = _findings(result)
-    assert found[("default", "tls")]["level"] == "warn"
+    assert found[("default", "tls")]["level"] == "note"
     assert "builds a new ssl.SSLContext on every connect" in found[("default", "tls")]["message"]
+    assert "The pool's connects share one per process" in found[("default", "tls")]["message"]
     assert found[("default", "timeouts")]["level"] == "warn"
     assert "OPTIONS set no read_timeout, write_timeout" in found[("default", "timeouts")]["message"]
 
@@ -180,7 +182,7 @@ def test_tls_and_timeouts_are_flagged(server: Server, tmp_path: Path) -> None:
     ("options", "version", "level"),
     [
         pytest.param({"ssl_disabled": True}, "1.2.4", "ok", id="ssl_disabled"),
-        pytest.param({}, "1.2.4", "warn", id="default-1.2-tries-tls"),
+        pytest.param({}, "1.2.4", "note", id="default-1.2-tries-tls"),
         pytest.param({}, "1.1.2", "ok", id="default-1.1-no-tls"),
         pytest.param({"ssl": {"ca": "/ca.pem"}}, "1.2.4", "warn", id="ssl-dict"),
         pytest.param({"ssl": {"ca": "/ca.pem"}}, "1.1.2", "warn", id="ssl-dict-1.1"),
@@ -208,7 +210,7 @@ def test_pymysql_tls_rule_matches_the_installed_driver() -> None:
     shared = pymysql.connections.Connection(ssl=context, **kwargs)
     disabled = pymysql.connections.Connection(ssl_disabled=True, **kwargs)
     with_ca = pymysql.connections.Connection(ssl=context, ssl_verify_cert=True, **kwargs)
-    expected = _doctor_mysql.tls({}, "PyMySQL", pymysql.VERSION_STRING)[0] == "warn"
+    expected = _doctor_mysql.tls({}, "PyMySQL", pymysql.VERSION_STRING)[0] != "ok"
     assert (getattr(by_default, "ctx", None) is not None) is expected
     assert shared.ctx is context
     assert not disabled.ssl
