@@ -26,6 +26,10 @@ _django_create_connection = ConnectionHandler.create_connection
 # Connections an end of a session may open looking for the session's server behind a
 # load balancer; what the servers may count beyond the cap while sessions are ended.
 _END_TRIES = 3
+# The longest an end holds its slot (less with a shorter ``timeout``): a request waiting
+# for that slot must not wait on a KILL's confirmation for longer than stock Django
+# would take to open a connection of its own. Past it the slot is freed (unconfirmed).
+_END_GRACE = 1.0
 
 
 def _session_setup(wrapper: Any) -> list[str]:
@@ -282,7 +286,8 @@ class AliasConnector:
     def end(self, wrapper: Any) -> str:
         """Close ``wrapper`` and end its session on the server with KILL, through another
         connection of the alias's account to the same server; wait until the server no
-        longer lists it, up to ``timeout`` seconds. Returns the outcome (see
+        longer lists it, up to ``timeout`` seconds and at most ``_END_GRACE``, waiting
+        for earlier ends included. Returns the outcome (see
         ``_mysql.end_session``; "other_server": no connection reached the session's
         server; "failed": none could be had). Never raises an Exception; the pool calls
         it off every request's path.
@@ -291,7 +296,7 @@ class AliasConnector:
         ``_END_TRIES``) are kept while more ends wait, then closed.
         """
         session = self._abandon(wrapper)
-        until = monotonic() + self.timeout
+        until = monotonic() + min(self.timeout, _END_GRACE)
         if self._end_lock is None or self._pid != os.getpid():
             # Looked up now: gevent's once patched. After a fork the parent's lock may be
             # held by a greenlet that does not exist here, and its connections are not ours.
