@@ -26,10 +26,10 @@ _django_create_connection = ConnectionHandler.create_connection
 # Connections an end of a session may open looking for the session's server behind a
 # load balancer; what the servers may count beyond the cap while sessions are ended.
 _END_TRIES = 3
-# The longest an end holds its slot (less with a shorter ``timeout``): a request waiting
-# for that slot must not wait on a KILL's confirmation for longer than stock Django
-# would take to open a connection of its own. Past it the slot is freed (unconfirmed).
-_END_GRACE = 1.0
+# The share of ``timeout`` an end may hold its slot: a request that waits for that slot
+# keeps the rest of its own ``timeout`` to be served (past it the slot is freed, the
+# end unconfirmed), where holding it the whole ``timeout`` answered that request 503.
+_END_SHARE = 0.5
 
 
 def _session_setup(wrapper: Any) -> list[str]:
@@ -286,8 +286,8 @@ class AliasConnector:
     def end(self, wrapper: Any) -> str:
         """Close ``wrapper`` and end its session on the server with KILL, through another
         connection of the alias's account to the same server; wait until the server no
-        longer lists it, up to ``timeout`` seconds and at most ``_END_GRACE``, waiting
-        for earlier ends included. Returns the outcome (see
+        longer lists it, up to half of ``timeout`` (waiting for earlier ends included).
+        Returns the outcome (see
         ``_mysql.end_session``; "other_server": no connection reached the session's
         server; "failed": none could be had). Never raises an Exception; the pool calls
         it off every request's path.
@@ -296,7 +296,7 @@ class AliasConnector:
         ``_END_TRIES``) are kept while more ends wait, then closed.
         """
         session = self._abandon(wrapper)
-        until = monotonic() + min(self.timeout, _END_GRACE)
+        until = monotonic() + self.timeout * _END_SHARE
         if self._end_lock is None or self._pid != os.getpid():
             # Looked up now: gevent's once patched. After a fork the parent's lock may be
             # held by a greenlet that does not exist here, and its connections are not ours.
