@@ -11,6 +11,12 @@ from typing import Any, NamedTuple
 
 from . import _sync
 
+# The session-ending part of the Dialect protocol: nothing to end for this vendor.
+from ._no_ends import end_session as end_session
+from ._no_ends import node_of as node_of
+from ._no_ends import server_session as server_session
+from ._no_ends import statement_may_run as statement_may_run
+
 # DISCARD ALL after every request: no statement text shows what a function did.
 RESETS_EVERY_CHECKIN = True
 
@@ -268,23 +274,3 @@ def reset_session(raw: Any, params: dict[str, Any], sql: str = "DISCARD ALL") ->
 def watch_statements(raw: Any) -> None:
     """No statement is proved clean here: "auto" resets after every request."""
     return None
-
-
-def statement_may_run(exc: BaseException) -> bool:
-    """Never said here: the pool ends no session on the server for PostgreSQL."""
-    return False
-
-
-def server_session(plan: Any) -> None:
-    """No session to end from another connection (PostgreSQL)."""
-    return None
-
-
-def node_of(other: Any, session: Any) -> Any:
-    """Never called: ``server_session`` gives none."""
-    raise NotImplementedError
-
-
-def end_session(other: Any, session: Any, until: float) -> str:
-    """Never called: ``server_session`` gives none."""
-    raise NotImplementedError

@@ -10,6 +10,12 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+# The session-ending part of the Dialect protocol: nothing to end for this vendor.
+from ._no_ends import end_session as end_session
+from ._no_ends import node_of as node_of
+from ._no_ends import server_session as server_session
+from ._no_ends import statement_may_run as statement_may_run
+
 
 def is_gone(exc: BaseException) -> bool:
     """No server, no lost connection."""
@@ -96,23 +102,3 @@ def reset_deferred(raw: Any) -> bool:
 def watch_statements(raw: Any) -> None:
     """No statement is proved clean here: "auto" resets after every request."""
     return None
-
-
-def statement_may_run(exc: BaseException) -> bool:
-    """Never said here: the pool ends no session on the server for SQLite."""
-    return False
-
-
-def server_session(plan: Any) -> None:
-    """No session to end from another connection (SQLite)."""
-    return None
-
-
-def node_of(other: Any, session: Any) -> Any:
-    """Never called: ``server_session`` gives none."""
-    raise NotImplementedError
-
-
-def end_session(other: Any, session: Any, until: float) -> str:
-    """Never called: ``server_session`` gives none."""
-    raise NotImplementedError
