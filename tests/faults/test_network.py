@@ -254,9 +254,11 @@ def test_a_burst_of_failed_connects_backs_off_one_step(
     burst = [gevent.spawn(request, pooled.app, "/read/", f"alias={proxied}") for _ in range(5)]
     gevent.joinall(burst, raise_error=True)
     assert [g.value.status_code for g in burst] == [503] * 5
-    # Each lost at the door, and tried once more: all in flight together; then the
-    # prober's first steps (10 ms, 20 ms) may have come too.
-    assert 10 <= proxy.accepts <= 12
+    # At most each lost at the door and tried once more, plus the prober's first steps
+    # (5 ms, 10 ms): a burst never multiplies the attempts. Fewer when a request comes to
+    # the pool after the others' failures already backed it off (connects fail within a
+    # millisecond here, since the TLS context is no longer built per connect).
+    assert 2 <= proxy.accepts <= 12
     proxy.new_connections = "pass"
     # The first steps are 0.01, 0.02, 0.04 s; well inside this.
     first_success(pooled, proxied, within=0.25)
