@@ -900,7 +900,11 @@ class Pool:
         step. The connection opened in its place goes where the balancer sends new
         ones (HAProxy's ``leastconn``: to a node that came back).
         """
-        if now < entry.rebalance_at or now < self._rebalance_next:
+        if now < entry.rebalance_at:
+            return False
+        if now < self._rebalance_next:
+            # Not the pool's turn: the checkins before it need not ask (nor lock) again.
+            entry.due_at = min(entry.expires_at, self._rebalance_next)
             return False
         self._rebalance_next = now + self._rebalance_pace * (0.5 + random())
         return True
@@ -929,7 +933,7 @@ class Pool:
                     and self._waiters[0].wakeup.local()
                 )
                 if not kept:
-                    waiter = self._next_waiter_locked(self._open)
+                    waiter = self._next_waiter_locked(self._open, now)
             handed = waiter is not None
             if waiter is not None:
                 self._hand_entry_locked(entry, now, waiter)
@@ -956,7 +960,7 @@ class Pool:
                 return
             now = monotonic()
             while self._idle and (self._waiters or self._holders):
-                waiter = self._next_waiter_locked(self._open)
+                waiter = self._next_waiter_locked(self._open, now)
                 if waiter is None:
                     return
                 self._in_use += 1
@@ -969,7 +973,7 @@ class Pool:
             if self._closed:
                 self._closing += 1
             else:
-                waiter = self._next_waiter_locked(self._open)
+                waiter = self._next_waiter_locked(self._open, now)
                 if waiter is not None:
                     self._in_use += 1
                     self._hand_entry_locked(entry, now, waiter)
@@ -1056,10 +1060,11 @@ class Pool:
         # A freed slot goes to the next waiter, who may open a connection in it; not
         # while backed off: the prober opens the next connection.
         if not self._closed and not self._backoff.active:
-            waiter = self._next_waiter_locked(self._open)
+            now = monotonic()
+            waiter = self._next_waiter_locked(self._open, now)
             if waiter is not None:
                 self._in_use += 1
-                self._hand_locked(waiter, _SLOT, monotonic())
+                self._hand_locked(waiter, _SLOT, now)
                 return
         self._open -= 1
         if self._backoff.active and not self._established_locked():
@@ -1074,14 +1079,14 @@ class Pool:
         if self._backoff.active:
             return
         while True:
-            waiter = self._next_waiter_locked(self._open + 1)
+            waiter = self._next_waiter_locked(self._open + 1, now)
             if waiter is None:
                 return
             self._open += 1
             self._in_use += 1
             self._hand_locked(waiter, _SLOT, now)
 
-    def _next_waiter_locked(self, open_: int) -> _Waiter | None:
+    def _next_waiter_locked(self, open_: int, now: float) -> _Waiter | None:
         """Who is served, ``open_`` connections being open then; taken off its queue.
 
         Requests holding other aliases first, each up to ``cap`` plus what it holds;
@@ -1094,7 +1099,7 @@ class Pool:
                     self._stats.reserved += open_ > self._cap
                     return waiter
         if self._waiters and open_ <= self._cap:
-            return self._order.take(self._waiters, monotonic())
+            return self._order.take(self._waiters, now)
         return None
 
     def _hand_locked(self, waiter: _Waiter, item: _Handed, now: float) -> None:
