@@ -154,8 +154,9 @@ def test_cluster_capacity_counts_each_node_and_one_node_down(
     assert _finding(document, "n_minus_one")["level"] == "ok"
 
 
-def _replica_sql(pair: ReplicaPair, *statements: str) -> None:
-    conn = pair.replica.connect()
+def _sql(server: Any, *statements: str) -> None:
+    """Run ``statements`` on ``server`` (a primary or a replica) as root."""
+    conn = server.connect()
     try:
         with conn.cursor() as cursor:
             for sql in statements:
@@ -181,13 +182,8 @@ def test_replica_lag_and_read_only_are_reported(replicated: ReplicaPair, tmp_pat
     # Without SLAVE MONITOR the account cannot read SHOW SLAVE STATUS: said so.
     code, document = _check(tmp_path, ports)
     assert "SLAVE MONITOR" in _finding(document, "replication", "replica")["message"]
-    conn = replicated.primary.connect()
-    try:
-        with conn.cursor() as cursor:
-            # Granted on the primary, replicated to the replica like any account change.
-            cursor.execute(f"GRANT SLAVE MONITOR ON *.* TO '{USER}'@'127.0.0.1'")
-    finally:
-        conn.close()
+    # Granted on the primary, replicated to the replica like any account change.
+    _sql(replicated.primary, f"GRANT SLAVE MONITOR ON *.* TO '{USER}'@'127.0.0.1'")
     replicated.wait_caught_up()
 
     code, document = _check(tmp_path, ports)
@@ -200,7 +196,7 @@ def test_replica_lag_and_read_only_are_reported(replicated: ReplicaPair, tmp_pat
     checks = {f["check"] for f in document["findings"] if f["alias"] == "primary"}
     assert not checks & {"replication", "read_only"}
 
-    _replica_sql(replicated, "STOP SLAVE SQL_THREAD")
+    _sql(replicated.replica, "STOP SLAVE SQL_THREAD")
     try:
         _write(replicated, "behind")
         code, document = _check(tmp_path, ports)
@@ -208,10 +204,10 @@ def test_replica_lag_and_read_only_are_reported(replicated: ReplicaPair, tmp_pat
         assert stopped["level"] == "warn"
         assert "is stopped (IO thread Yes, SQL thread No); lag unknown" in stopped["message"]
     finally:
-        _replica_sql(replicated, "START SLAVE SQL_THREAD")
+        _sql(replicated.replica, "START SLAVE SQL_THREAD")
     replicated.wait_caught_up()
 
-    _replica_sql(replicated, "STOP SLAVE", "CHANGE MASTER TO MASTER_DELAY = 60", "START SLAVE")
+    _sql(replicated.replica, "STOP SLAVE", "CHANGE MASTER TO MASTER_DELAY = 60", "START SLAVE")
     try:
         _write(replicated, "delayed")
         deadline = time.monotonic() + 10.0
@@ -225,5 +221,5 @@ def test_replica_lag_and_read_only_are_reported(replicated: ReplicaPair, tmp_pat
         [seconds] = [int(word) for word in lagging["message"].split(" lags ")[1].split()[:1]]
         assert seconds >= 2
     finally:
-        _replica_sql(replicated, "STOP SLAVE", "CHANGE MASTER TO MASTER_DELAY = 0", "START SLAVE")
+        _sql(replicated.replica, "STOP SLAVE", "CHANGE MASTER TO MASTER_DELAY = 0", "START SLAVE")
     replicated.wait_caught_up()
