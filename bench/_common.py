@@ -118,10 +118,6 @@ def order_policy(handoff: str) -> Any:
         return lambda: _order.BoundedBarging(float(arg or 100) / 1000)
     if name == "bargex":  # the bound at <factor> times the mean wait, at least 20 ms
         return lambda: _order.BoundedBarging(0.02, float(arg or 2))
-    if name == "bargeio":  # barge:<ms>, kept idle past the loop's next poll for I/O
-        return lambda: _order.BoundedBarging(float(arg or 100) / 1000, after_io=True)
-    if name == "bargeiox":  # bargex:<factor>, the same
-        return lambda: _order.BoundedBarging(0.02, float(arg or 2), after_io=True)
     raise ValueError(
         f"BENCH_HANDOFF={handoff!r}: fifo, lifo, bounded:<ms>, adaptive:<factor>, barge:<ms>"
     )

@@ -17,7 +17,6 @@ learns (the mean wait) learns per pool. Called under the pool's lock: no I/O, no
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
 from typing import Protocol, TypeVar
 
 from . import _sync
@@ -44,9 +43,6 @@ class Order(Protocol):
     def barged(self) -> None:
         """A checkout took an idle connection while others waited (a wait of 0)."""
 
-    def hand_on(self, serve: Callable[[], None]) -> None:
-        """Have ``serve`` hand on, from the event loop, what ``barge`` kept idle."""
-
 
 class _NoBarging:
     __slots__ = ()
@@ -56,9 +52,6 @@ class _NoBarging:
 
     def barged(self) -> None:
         pass
-
-    def hand_on(self, serve: Callable[[], None]) -> None:
-        _sync.call_soon(serve)
 
 
 class Fifo(_NoBarging):
@@ -137,19 +130,14 @@ class BoundedBarging:
     the bound, and a share ``1 - 1/factor`` of the checkouts barges.
     """
 
-    __slots__ = ("after_io", "bound", "factor", "mean")
+    __slots__ = ("bound", "factor", "mean")
 
     # The weight of one checkout in the moving average: about the last 64.
     ALPHA = 1 / 64
 
-    def __init__(
-        self, bound: float = 0.1, factor: float | None = None, after_io: bool = False
-    ) -> None:
+    def __init__(self, bound: float = 0.1, factor: float | None = None) -> None:
         self.bound = bound
         self.factor = factor
-        # Keep it idle past the loop's next poll for I/O, not only the current turn:
-        # a request read in that poll reaches its checkout first.
-        self.after_io = after_io
         self.mean = 0.0
 
     def limit(self) -> float:
@@ -172,9 +160,3 @@ class BoundedBarging:
     def barged(self) -> None:
         if self.factor is not None:
             self.mean -= self.mean * self.ALPHA
-
-    def hand_on(self, serve: Callable[[], None]) -> None:
-        if self.after_io:
-            _sync.call_after_io(serve)
-        else:
-            _sync.call_soon(serve)

@@ -102,25 +102,6 @@ def call_soon(fn: Any) -> None:
         gevent.get_hub().loop.run_callback(fn)
 
 
-def call_after_io(fn: Any) -> None:
-    """Run ``fn`` from gevent's loop once it has polled for I/O (a zero timer); else soon.
-
-    Greenlets woken by that poll (new requests) run first.
-    """
-    if gevent_patched():
-        import gevent
-
-        timer = gevent.get_hub().loop.timer(0.0)
-        timer.start(_fire_once, timer, fn)
-    else:
-        call_soon(fn)
-
-
-def _fire_once(timer: Any, fn: Any) -> None:
-    timer.close()
-    fn()
-
-
 class Wakeup(Protocol):
     """A one-shot signal for one waiting checkout: ``set()`` once, ``wait()`` until then."""
 

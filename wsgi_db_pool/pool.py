@@ -948,7 +948,7 @@ class Pool:
                 self._in_use -= 1
             self._stats.recycles += 1
         if kept:
-            self._order.hand_on(self._serve_idle)
+            _sync.call_soon(self._serve_idle)
         if self._debug:
             self._emit_debug("db_pool.recycle", held=held, handed=handed)
         return None
