@@ -16,7 +16,10 @@ with connect/read/write timeouts, as the user wsgi_db_pool_bench, so that the
 server's PROCESSLIST filtered by that user counts this app's connections only.
 Where a peer has a wait timeout it is set to ours (5 s), below the client's.
 
-Endpoints: GET /pk/<id>, GET /nodb, GET /slow, POST /write/<id>, GET /touch.
+Endpoints: GET /pk/<id>, GET /nodb, GET /slow, POST /write/<id>, GET /touch, and GET /cpu
+(the worker's CPU and garbage-collector seconds, for the driver). BENCH_GC_TUNE=N (an
+experiment, for every configuration alike): the collector frozen after startup and its
+young generation collected every N allocations.
 The table (bench_item) is created by the bench driver, never here: importing this
 module opens no connection.
 """
@@ -24,6 +27,7 @@ module opens no connection.
 from __future__ import annotations
 
 import atexit
+import gc
 import json
 import os
 import sys
@@ -165,6 +169,31 @@ def touch(request: HttpRequest) -> HttpResponse:
     return HttpResponse("ok\n", content_type="text/plain")
 
 
+# The worker's CPU time and the cyclic collector's share of it, read by the bench driver
+# before and after a run (GET /cpu): a fair order keeps every request's objects alive
+# for the mean wait, and the collector walks them (ANALYSIS.md).
+_gc_seconds = [0.0, 0.0, 0.0]
+_gc_runs = [0, 0, 0]
+_gc_started = [0.0]
+
+
+def _time_collector(phase: str, info: dict[str, int]) -> None:
+    if phase == "start":
+        _gc_started[0] = time.perf_counter()
+    else:
+        _gc_seconds[info["generation"]] += time.perf_counter() - _gc_started[0]
+        _gc_runs[info["generation"]] += 1
+
+
+gc.callbacks.append(_time_collector)
+
+
+def cpu(request: HttpRequest) -> HttpResponse:
+    """The worker's CPU seconds so far, and the collector's seconds and runs by generation."""
+    body = {"cpu_s": time.process_time(), "gc_s": _gc_seconds, "gc_runs": _gc_runs}
+    return HttpResponse(json.dumps(body), content_type="application/json")
+
+
 def _method(name: str, view: Any) -> Any:
     def only(request: HttpRequest, **kwargs: Any) -> HttpResponse:
         if request.method != name:
@@ -226,6 +255,7 @@ urlpatterns = [
     path("slow", _method("GET", slow)),
     path("write/<int:pk>", _method("POST", write)),
     path("touch", _method("GET", touch)),
+    path("cpu", _method("GET", cpu)),
 ]
 
 application: Any = get_wsgi_application()
@@ -311,3 +341,12 @@ if os.environ.get("BENCH_GATE"):
                     gate.leave()
 
     application = _Gate(application, int(os.environ["BENCH_GATE"]))
+
+
+if os.environ.get("BENCH_GC_TUNE"):
+    # Experiment: the collector tuned as for a long-running server, the same for every
+    # configuration: what the app loaded is frozen out of the collector's way, and the
+    # young generation is collected every BENCH_GC_TUNE allocations instead of 700.
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(int(os.environ["BENCH_GC_TUNE"]), 10, 10)

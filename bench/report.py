@@ -61,8 +61,16 @@ def group(runs: list[dict[str, Any]], phase: str) -> dict[tuple[str, str, int], 
             "left_open": max(run["left_open"] for run in items),
             "tail_s": items[0]["tail_s"],
             "other": max((run.get("other_connections") or 0) for run in items),
+            # The worker's CPU and the collector's share per request (runs since 2026-12-01).
+            "cpu_us": _median_of(items, "cpu_us_per_request"),
+            "gc_us": _median_of(items, "gc_us_per_request"),
         }
     return out
+
+
+def _median_of(items: list[dict[str, Any]], key: str) -> float | None:
+    values = [run[key] for run in items if run.get(key) is not None]
+    return statistics.median(values) if values else None
 
 
 # -- formatting -----------------------------------------------------------------------------
@@ -741,6 +749,8 @@ def order_section(results: dict[str, Any]) -> list[str]:
                     ms(cell["max"]),
                     str(cell["errors"]),
                     pass_fail(tail_ok(cell, clients)),
+                    "" if cell["cpu_us"] is None else f"{cell['cpu_us']:.0f}",
+                    "" if cell["gc_us"] is None else f"{cell['gc_us']:.1f}",
                 ]
             )
     lines += table(
@@ -755,9 +765,11 @@ def order_section(results: dict[str, Any]) -> list[str]:
             "max ms",
             "errors",
             "tail target",
+            "worker CPU µs/req",
+            "collector µs/req",
         ],
         rows,
-        "rl" + "r" * 8,
+        "rl" + "r" * 10,
     )
     return [*lines, ""]
 

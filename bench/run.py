@@ -320,6 +320,15 @@ class Gunicorn:
                 raise RuntimeError(f"gunicorn ({self.config}) did not answer: {self.log_path}")
             time.sleep(0.05)
 
+    def cpu(self) -> dict[str, Any] | None:
+        """The worker's CPU and collector seconds (app.py /cpu); None if it does not answer."""
+        try:
+            with urllib.request.urlopen(self.url + "/cpu", timeout=10) as response:
+                body: dict[str, Any] = json.loads(response.read())
+                return body
+        except OSError:
+            return None
+
     def worker_pid(self) -> int | None:
         if self.proc is None:
             return None
@@ -408,12 +417,14 @@ def run_one(
     try:
         if plan.warmup_s:
             wrk(app.url, view, min(clients, 8), plan.warmup_s)
+        cpu_before = app.cpu()
         sampler = Sampler()
         sampler.start()
         try:
             result = wrk(app.url, view, clients, seconds)
         finally:
             samples = sampler.stop()
+        cpu_after = app.cpu()
         time.sleep(tail_s)
         left_open = server.app_connections()
         alive = app.proc is not None and app.proc.poll() is None
@@ -445,15 +456,36 @@ def run_one(
         "server_alive": alive,
         "loadavg_1m": round(loadavg, 2),
         "log": str(app.log_path.relative_to(out)),
+        **_cpu_per_request(cpu_before, cpu_after, result["requests"]),
     }
     lat = record["latency_ms"]
     print(
         f"  {tag:<34} {record['rps']:8.0f} req/s  p50 {lat['p50']:7.1f}  p99 {lat['p99']:7.1f}"
         f"  max {lat['max']:7.1f} ms  err {record['errors_total']:5d}"
-        f"  peak {record['peak']}  left {left_open}",
+        f"  peak {record['peak']}  left {left_open}"
+        f"  cpu {record.get('cpu_us_per_request', 0):5.0f}"
+        f" gc {record.get('gc_us_per_request', 0):4.1f} us/req",
         flush=True,
     )
     return record
+
+
+def _cpu_per_request(
+    before: dict[str, Any] | None, after: dict[str, Any] | None, requests: int
+) -> dict[str, float]:
+    """The worker's CPU and garbage-collector microseconds per answered request (app.py /cpu).
+
+    Taken around the whole load, so the few requests still in flight at either end
+    are a rounding error at these rates.
+    """
+    if before is None or after is None or not requests:
+        return {}
+    gc_s = sum(after["gc_s"]) - sum(before["gc_s"])
+    return {
+        "cpu_us_per_request": round((after["cpu_s"] - before["cpu_s"]) / requests * 1e6, 1),
+        "gc_us_per_request": round(gc_s / requests * 1e6, 2),
+        "gc_runs": [a - b for a, b in zip(after["gc_runs"], before["gc_runs"], strict=True)],
+    }
 
 
 # -- what first come, first served costs ---------------------------------------------------
@@ -466,6 +498,33 @@ ORDER_VARIANTS: tuple[tuple[str, str | None], ...] = (
     ("ours", "barge:100"),
     ("dbpooling", None),
 )
+
+
+_VARIANT_KNOBS = {"gate": "BENCH_GATE", "gc": "BENCH_GC_TUNE"}
+
+
+@contextlib.contextmanager
+def variant_environment(handoff: str | None) -> Iterator[None]:
+    """app.py's experiment switches for a variant ``<order>[+gate:N][+gc:N]`` while a server starts.
+
+    The order (BENCH_HANDOFF) applies to ours only; the gate and the collector's tuning
+    to any configuration.
+    """
+    names = ["BENCH_HANDOFF", *_VARIANT_KNOBS.values()]
+    if handoff:
+        order, *extras = handoff.split("+")
+        if order:
+            os.environ["BENCH_HANDOFF"] = order
+        for extra in extras:
+            name, _, value = extra.partition(":")
+            if name not in _VARIANT_KNOBS or not value:
+                raise ValueError(f"variant {handoff!r}: +gate:N or +gc:N, not +{extra}")
+            os.environ[_VARIANT_KNOBS[name]] = value
+    try:
+        yield
+    finally:
+        for name in names:
+            os.environ.pop(name, None)
 
 
 def run_order(
@@ -482,12 +541,7 @@ def run_order(
             for config, handoff in variants:
                 if config not in plan.configs:
                     continue
-                if handoff:
-                    order, _, gate = handoff.partition("+gate:")
-                    os.environ["BENCH_HANDOFF"] = order
-                    if gate:
-                        os.environ["BENCH_GATE"] = gate
-                try:
+                with variant_environment(handoff):
                     record = run_one(
                         f"order-{handoff}" if handoff else "order",
                         round_no,
@@ -499,9 +553,6 @@ def run_order(
                         out,
                         server,
                     )
-                finally:
-                    os.environ.pop("BENCH_HANDOFF", None)
-                    os.environ.pop("BENCH_GATE", None)
                 record["handoff"] = handoff
                 records.append(record)
     return records
