@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +30,7 @@ from tests.settings import DB_PORT, UNREACHABLE_PORT
 pytestmark = pytest.mark.fault
 
 CAP = 20  # pool_size=10 + max_overflow=10, the issue's configuration
+FAULTS = 30  # random faults a side, one every 0.2-0.6 s (about 15 s)
 STALL_BOUND = FAST_OPTIONS["connect_timeout"] + FAST_OPTIONS["read_timeout"] + 1.0
 
 
@@ -389,3 +391,42 @@ def test_a_reconnect_past_the_pools_timeout_is_an_ordinary_error(
     assert took < 0.3 + 0.5
     stats = pooled.stats(proxied)
     assert (stats["in_use"], stats["waiting"]) == (0, 0)
+
+
+@pytest.mark.slow
+def test_random_faults_fail_no_more_requests_than_stock(
+    sides: Callable[[str], Sides],
+    proxy: Proxy,
+    proxied: str,
+    server: Server,
+) -> None:
+    """The soak's random faults, the same kinds at the same beat on each side: the pool
+    fails no more requests than stock Django, and every slot comes back."""
+    from tests.faults.test_soak import Faults
+
+    both = sides(proxied)
+    seed = random.randrange(2**32)
+    seen: dict[str, tuple[Load, Faults]] = {}
+    for side, app in both.apps():
+        faults = Faults(random.Random(seed), server, proxy)
+        load = Load(app, "/read/", f"alias={proxied}", 40, 0.1, proxied)
+        load.start()
+        wait_for(lambda load=load: len(load.done) >= 100, timeout=10.0, what="warm-up")
+        faults.run(count=FAULTS)
+        gevent.sleep(2.0)  # the last fault's aftermath counts too: same span on each side
+        load.stop()
+        seen[side] = (load, faults)
+    print(f"\nrandom faults, seed {seed}: failed requests after each kind of fault")
+    for side, (load, faults) in seen.items():
+        by_kind: Counter[str] = Counter()
+        for started, _, status in load.done:
+            if status != 200:
+                before = [kind for at, kind in faults.log if at <= started]
+                by_kind[before[-1] if before else "none"] += 1
+        print(f"  {side}: {len(load.done)} requests, {len(load.failed())} failed; {dict(by_kind)}")
+    assert [k for _, k in seen["pooled"][1].log] == [k for _, k in seen["stock"][1].log]
+    failed_pooled, failed_stock = seen["pooled"][0].failed(), seen["stock"][0].failed()
+    assert len(failed_pooled) <= len(failed_stock), (len(failed_pooled), len(failed_stock), seed)
+    stats = both.pooled.stats(proxied)
+    assert (stats["in_use"], stats["waiting"], stats["leaked_pending"]) == (0, 0, 0), stats
+    assert server.wait_count(stats["open"]) == stats["open"] <= CAP

@@ -87,6 +87,7 @@ class Faults:
         self.server = server
         self.proxy = proxy
         self.injected: Counter[str] = Counter()
+        self.log: list[tuple[float, str]] = []  # when each fault began, and its kind
         self.running = True
         self.kinds: dict[str, Callable[[], None]] = {
             "kill_all": self.kill_all,
@@ -101,12 +102,14 @@ class Faults:
             "latency": self.latency,
         }
 
-    def run(self) -> None:
-        while self.running:
+    def run(self, count: int | None = None) -> None:
+        """Until stopped, or ``count`` faults (the same ones at the same beat for a seed)."""
+        while self.running and (count is None or len(self.log) < count):
             gevent.sleep(self.rng.uniform(0.2, 0.6))
             if not self.running:
                 return
             kind = self.rng.choice(sorted(self.kinds))
+            self.log.append((time.monotonic(), kind))
             self.kinds[kind]()
             self.injected[kind] += 1
 
