@@ -70,8 +70,12 @@ class Response:
         holder, self._holder = self._holder, None
         if holder is None:
             return
+        iterable, self._iterable = self._iterable, ()
+        # A server that keeps the response and passed a bound start_response makes a
+        # cycle through us; let go of both so that refcounting frees the request.
+        self._start_response = None
         try:
-            close = getattr(self._iterable, "close", None)
+            close = getattr(iterable, "close", None)
             if close is not None:
                 close()
         finally:
