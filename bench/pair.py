@@ -1,7 +1,7 @@
 """Two configurations under the same load at the same time: a ratio the machine's drift cancels.
 
-    bench/.venv/bin/python bench/pair.py --pair ours=fifo,dbpooling= --clients 200 \\
-        [--rounds 4] [--seconds 8] [--out bench/out/pair.json]
+    bench/.venv/bin/python bench/pair.py --pair ours=fifo,dbpooling= [--view pk] \\
+        [--clients 200] [--rounds 4] [--seconds 8] [--out bench/out/pair.json]
 
 Each side is order.py's variant, ``config=<order>[+gate:N][+gc:N]``. Every round starts
 both gunicorn workers, warms each up, then runs a wrk of ``--clients`` connections
@@ -25,7 +25,9 @@ from typing import Any
 import run
 
 
-def one_round(sides: list[str], clients: int, seconds: float, out: Path) -> dict[str, Any]:
+def one_round(
+    sides: list[str], view: str, clients: int, seconds: float, out: Path
+) -> dict[str, Any]:
     apps = {}
     try:
         for side in sides:
@@ -40,7 +42,7 @@ def one_round(sides: list[str], clients: int, seconds: float, out: Path) -> dict
         loads: dict[str, dict[str, Any]] = {}
 
         def load(side: str) -> None:
-            loads[side] = run.wrk(apps[side].url, "pk", clients, seconds)
+            loads[side] = run.wrk(apps[side].url, view, clients, seconds)
 
         threads = [threading.Thread(target=load, args=(side,)) for side in sides]
         for thread in threads:
@@ -52,7 +54,8 @@ def one_round(sides: list[str], clients: int, seconds: float, out: Path) -> dict
         for app in apps.values():
             app.stop()
     result = {}
-    for side, w in loads.items():
+    for side in apps:
+        w = loads[side]
         ok = w["requests"] - w["errors"]["status"]
         cpu_s = (after[side] or {}).get("cpu_s", 0.0) - (before[side] or {}).get("cpu_s", 0.0)
         result[side] = {
@@ -68,6 +71,7 @@ def one_round(sides: list[str], clients: int, seconds: float, out: Path) -> dict
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--pair", required=True, help="two variants, comma-separated")
+    parser.add_argument("--view", default="pk", choices=sorted(run.VIEWS))
     parser.add_argument("--clients", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=8.0)
@@ -84,7 +88,7 @@ def main() -> int:
     try:
         for round_no in range(1, args.rounds + 1):
             order = sides if round_no % 2 else sides[::-1]
-            result = one_round(order, args.clients, args.seconds, logs)
+            result = one_round(order, args.view, args.clients, args.seconds, logs)
             rounds.append(result)
             print(
                 f"  r{round_no} "
@@ -102,6 +106,7 @@ def main() -> int:
     cpu = [r[second]["cpu_us_per_request"] / r[first]["cpu_us_per_request"] for r in rounds]
     summary = {
         "pair": sides,
+        "view": args.view,
         "clients": args.clients,
         "rounds": rounds,
         "rps_ratio_median": statistics.median(rps),
@@ -112,7 +117,8 @@ def main() -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(summary, indent=1))
     print(
-        f"{second} ÷ {first} at {args.clients} clients: req/s {summary['rps_ratio_median']:.3f}"
+        f"{second} ÷ {first}, {args.view} at {args.clients} clients:"
+        f" req/s {summary['rps_ratio_median']:.3f}"
         f" ({' '.join(f'{x:.2f}' for x in rps)}), CPU per request"
         f" {summary['cpu_ratio_median']:.3f} ({' '.join(f'{x:.2f}' for x in cpu)})"
     )
