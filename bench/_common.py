@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import gc
+import io
 import itertools
 import os
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -121,3 +123,44 @@ def order_policy(handoff: str) -> Any:
     raise ValueError(
         f"BENCH_HANDOFF={handoff!r}: fifo, lifo, bounded:<ms>, adaptive:<factor>, barge:<ms>"
     )
+
+
+def environ_for(path: str) -> dict[str, Any]:
+    """A GET request's WSGI environ, as a server would build it (no body)."""
+    return {
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": path,
+        "QUERY_STRING": "",
+        "SCRIPT_NAME": "",
+        "SERVER_NAME": "127.0.0.1",
+        "SERVER_PORT": "80",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "REMOTE_ADDR": "127.0.0.1",
+        "HTTP_HOST": "127.0.0.1",
+        "wsgi.version": (1, 0),
+        "wsgi.url_scheme": "http",
+        "wsgi.input": io.BytesIO(),
+        "wsgi.errors": sys.stderr,
+        "wsgi.multithread": False,
+        "wsgi.multiprocess": False,
+        "wsgi.run_once": False,
+    }
+
+
+class _Statuses(list[str]):
+    """A ``start_response`` that keeps the statuses it was given."""
+
+    def __call__(self, status: str, headers: Any, exc_info: Any = None) -> None:
+        self.append(status)
+
+
+def serve(application: Any, path: str) -> int:
+    """One GET through a WSGI callable as a server does it (call, iterate, close): its status."""
+    statuses = _Statuses()
+    result = application(environ_for(path), statuses)
+    try:
+        for _chunk in result:
+            pass
+    finally:
+        result.close()
+    return int(statuses[0][:3]) if statuses else 0

@@ -33,19 +33,11 @@ HERE = Path(__file__).resolve().parent
 WARMUP_S = 1.0
 
 
-class _Statuses(list[str]):
-    """A ``start_response`` that keeps the statuses it was given."""
-
-    def __call__(self, status: str, headers: Any, exc_info: Any = None) -> None:
-        self.append(status)
-
-
 def child(config: str, clients: int, seconds: float, handoff: str | None) -> dict[str, Any]:
     """Run in the measured process: saturate bench/app.py in process, return the counts."""
     from gevent import monkey
 
     monkey.patch_all()
-    import io
     import random
     import time
 
@@ -56,45 +48,20 @@ def child(config: str, clients: int, seconds: float, handoff: str | None) -> dic
         os.environ["BENCH_HANDOFF"] = handoff
     sys.path.insert(0, str(HERE))
     import app as bench_app
+    from _common import serve
 
     application = bench_app.application
     counts = {"ok": 0, "failed": 0}
     latencies: list[float] = []
     running = True
 
-    def environ(path: str) -> dict[str, Any]:
-        return {
-            "REQUEST_METHOD": "GET",
-            "PATH_INFO": path,
-            "QUERY_STRING": "",
-            "SCRIPT_NAME": "",
-            "SERVER_NAME": "127.0.0.1",
-            "SERVER_PORT": "80",
-            "SERVER_PROTOCOL": "HTTP/1.1",
-            "REMOTE_ADDR": "127.0.0.1",
-            "HTTP_HOST": "127.0.0.1",
-            "wsgi.version": (1, 0),
-            "wsgi.url_scheme": "http",
-            "wsgi.input": io.BytesIO(),
-            "wsgi.errors": sys.stderr,
-            "wsgi.multithread": False,
-            "wsgi.multiprocess": False,
-            "wsgi.run_once": False,
-        }
-
     def client(index: int) -> None:
         rng = random.Random(index)
         while running:
-            statuses = _Statuses()
             started = time.monotonic()
-            result = application(environ(f"/pk/{rng.randrange(1, 1000)}"), statuses)
-            try:
-                for _chunk in result:
-                    pass
-            finally:
-                result.close()
+            status = serve(application, f"/pk/{rng.randrange(1, 1000)}")
             latencies.append(time.monotonic() - started)
-            counts["ok" if statuses and statuses[0][:3] == "200" else "failed"] += 1
+            counts["ok" if status == 200 else "failed"] += 1
             gevent.sleep(0)  # the client's round trip: back to the loop before the next
 
     greenlets = [gevent.spawn(client, i) for i in range(clients)]

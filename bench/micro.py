@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
-import io
 import itertools
 import json
 import logging
@@ -54,7 +53,7 @@ os.environ["BENCH_CONFIG"] = "stock60"  # Django's own handler; we wrap it ourse
 import app  # noqa: E402
 import fairness  # noqa: E402
 import structlog  # noqa: E402
-from _common import connect_app_user, create_table  # noqa: E402
+from _common import connect_app_user, create_table, environ_for  # noqa: E402
 from django.db import connections  # noqa: E402
 
 from wsgi_db_pool import PoolingMiddleware, _mysql  # noqa: E402
@@ -62,27 +61,6 @@ from wsgi_db_pool.config import PoolConfig  # noqa: E402
 from wsgi_db_pool.pool import Pool  # noqa: E402
 
 Timing = dict[str, float]
-
-
-def environ_for(path: str) -> dict[str, Any]:
-    return {
-        "REQUEST_METHOD": "GET",
-        "PATH_INFO": path,
-        "QUERY_STRING": "",
-        "SCRIPT_NAME": "",
-        "SERVER_NAME": "127.0.0.1",
-        "SERVER_PORT": "80",
-        "SERVER_PROTOCOL": "HTTP/1.1",
-        "REMOTE_ADDR": "127.0.0.1",
-        "HTTP_HOST": "127.0.0.1",
-        "wsgi.version": (1, 0),
-        "wsgi.url_scheme": "http",
-        "wsgi.input": io.BytesIO(),
-        "wsgi.errors": sys.stderr,
-        "wsgi.multithread": False,
-        "wsgi.multiprocess": False,
-        "wsgi.run_once": False,
-    }
 
 
 def _start_response(status: str, headers: Any, exc_info: Any = None) -> None:

@@ -35,11 +35,10 @@ if not gevent.monkey.is_module_patched("socket"):
 
 os.environ["BENCH_CONFIG"] = "stock60"  # Django's own handler; the pool is wrapped here
 import app  # noqa: E402
-from _common import ITEMS, create_table  # noqa: E402
+from _common import ITEMS, create_table, serve  # noqa: E402
 from django.db import transaction  # noqa: E402
 from django.http import HttpRequest, HttpResponse  # noqa: E402
 from django.urls import path  # noqa: E402
-from micro import environ_for  # noqa: E402
 
 from wsgi_db_pool import PoolingMiddleware  # noqa: E402
 
@@ -74,17 +73,10 @@ def run(timeout: float, clients: int, requests: int) -> dict[str, Any]:
 
     def client(n: int) -> None:
         for i in range(requests):
-            status: list[str] = []
-            environ = environ_for(f"/login/{(n * requests + i) % ITEMS + 1}")
             started = time.monotonic()
-            result = application(environ, lambda s, h, e=None, seen=status: seen.append(s))
-            try:
-                for _chunk in result:
-                    pass
-            finally:
-                result.close()
+            status = serve(application, f"/login/{(n * requests + i) % ITEMS + 1}")
             latencies.append(time.monotonic() - started)
-            statuses.append(int(status[0][:3]))
+            statuses.append(status)
 
     started = time.monotonic()
     gevent.joinall([gevent.spawn(client, n) for n in range(clients)], raise_error=True)
