@@ -4,17 +4,33 @@ from __future__ import annotations
 
 from random import random
 
-__all__ = ["BACKOFF_CEILING", "BACKOFF_FIRST", "BACKOFF_MAX", "EVIDENCE", "Backoff"]
+__all__ = [
+    "BACKOFF_CEILING",
+    "BACKOFF_FIRST",
+    "BACKOFF_GROWTH",
+    "BACKOFF_MAX",
+    "EVIDENCE",
+    "Backoff",
+]
 
 # The first step, and the ceilings of the steps by what the evidence was. Where
 # nothing listens at the server's address, a probe costs one refused TCP connect
 # (Connector.reachable), so it is probed every 5 ms at first and service resumes as
-# soon as the server listens; other probes cost a full connect (a TLS context, a
-# login): where nothing answers (unreachable, timed out), where a listener drops
-# connections at the door (a proxy without a backend), and least often where the
-# server turns them away (too many connections), which probes would only load further.
+# soon as the server listens. Where a listener drops connections at the door (a proxy
+# without a backend) or the server turns them away (too many connections), the
+# refusal is often over in a fraction of a second, and stock Django tries again on
+# every request: until the prober's next look every request fails, so it looks every
+# 10 ms at first, and less often the longer the refusal lasts (after a KILL or a cut
+# of every connection and 0.1-0.5 s of refusals, a ceiling of 0.25-1 s failed more
+# requests than stock Django; tests/faults/test_availability.py). Where nothing
+# answers (unreachable, timed out) a look may take the whole connect timeout: every
+# 80 ms at first.
 BACKOFF_FIRST = 0.005
-BACKOFF_CEILING = {"down": 0.005, "unreachable": 0.08, "lost": 0.25, "refused": 1.0}
+BACKOFF_CEILING = {"down": 0.005, "unreachable": 0.08, "lost": 0.01, "refused": 0.01}
+# Seconds of outage that add one more ceiling to a kind's ceiling: ten times as long
+# after 90 s where nothing listens or answers, after 9 s where connections are
+# dropped or refused; never more than BACKOFF_MAX.
+BACKOFF_GROWTH = {"down": 10.0, "unreachable": 10.0, "lost": 1.0, "refused": 1.0}
 BACKOFF_MAX = 1.0
 
 # What a connect failure says (Connector.classify): "unreachable", "refused" and a
@@ -29,8 +45,8 @@ class Backoff:
 
     Steps double from BACKOFF_FIRST up to the kind's ceiling, each with full jitter
     (half to all of the step), so that the workers that lost one server do not
-    probe it in step; the ceilings grow with the outage's age (ten times as long after
-    90 s, up to BACKOFF_MAX), so a long one is not probed as often as a restart. Only
+    probe it in step; the ceilings grow with the outage's age (BACKOFF_GROWTH, up to
+    BACKOFF_MAX), so a long one is not probed as often as a restart. Only
     the prober's failures lengthen it: connects that were already under way when the
     server went away fail together and count once. Not thread-safe: the pool calls it
     under its lock.
@@ -62,7 +78,8 @@ class Backoff:
             self.since = now
         self.failures += 1
         self.kind = kind if kind in BACKOFF_CEILING else "unreachable"
-        ceiling = min(BACKOFF_CEILING[self.kind] * (1 + (now - self.since) / 10), BACKOFF_MAX)
+        grown = 1 + (now - self.since) / BACKOFF_GROWTH[self.kind]
+        ceiling = min(BACKOFF_CEILING[self.kind] * grown, BACKOFF_MAX)
         step = min(BACKOFF_FIRST * 2 ** min(self.failures - 1, 20), ceiling)
         self.until = now + step * (0.5 + 0.5 * random())
 

@@ -155,14 +155,23 @@ def test_backoff_steps_double_up_to_the_ceiling_with_jitter(chance: Chance) -> N
         chance.queued.append(1.0)  # the whole step
         backoff.failed("lost", now=0.0)
         steps.append(round(backoff.until, 9))
-    assert steps == [0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.25, 0.25]
+    assert steps == [0.005, 0.01, 0.01, 0.01, 0.01, 0.01, 0.01, 0.01]
     chance.queued.append(0.0)
     backoff.failed("lost", now=0.0)
     assert backoff.until == BACKOFF_CEILING["lost"] / 2
-    # An outage 90 s old: ceilings ten times as long, up to BACKOFF_MAX.
+    # Refused or dropped for 9 s: ceilings ten times as long.
     chance.queued.append(1.0)
-    backoff.failed("lost", now=90.0)
-    assert backoff.until == 90.0 + BACKOFF_MAX
+    backoff.failed("lost", now=9.0)
+    assert backoff.until == pytest.approx(9.0 + 10 * BACKOFF_CEILING["lost"])
+    # Nothing answering for 90 s: the same, and never more than BACKOFF_MAX.
+    backoff.clear()
+    for n in range(12):
+        chance.queued.append(1.0)
+        backoff.failed("unreachable", now=90.0 * (n > 0))
+    assert backoff.until == pytest.approx(90.0 + min(10 * BACKOFF_CEILING["unreachable"], 1.0))
+    chance.queued.append(1.0)
+    backoff.failed("unreachable", now=300.0)
+    assert backoff.until == 300.0 + BACKOFF_MAX
     backoff.clear()
     assert not backoff.active
     chance.queued.append(1.0)
