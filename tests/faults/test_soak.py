@@ -88,6 +88,9 @@ class Faults:
         self.proxy = proxy
         self.injected: Counter[str] = Counter()
         self.log: list[tuple[float, str]] = []  # when each fault began, and its kind
+        # Which connection a kill picks depends on what the server has open: its own
+        # stream, so that the faults' kinds, beats and lengths stay those of the seed.
+        self.pick = random.Random(rng.random())
         self.running = True
         self.kinds: dict[str, Callable[[], None]] = {
             "kill_all": self.kill_all,
@@ -127,12 +130,12 @@ class Faults:
     def kill_one(self) -> None:
         ids = sorted(self.server.connection_ids())
         if ids:
-            self._kill(self.rng.choice(ids))
+            self._kill(self.pick.choice(ids))
 
     def kill_query(self) -> None:
         busy = running_queries(self.server, "%")
         if busy:
-            self._kill(self.rng.choice(busy), "QUERY")
+            self._kill(self.pick.choice(busy), "QUERY")
 
     def stall(self) -> None:
         self.proxy.stall()
