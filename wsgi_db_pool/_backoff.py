@@ -14,17 +14,12 @@ __all__ = [
 ]
 
 # The first step, and the ceilings of the steps by what the evidence was. Where
-# nothing listens at the server's address, a probe costs one refused TCP connect
-# (Connector.reachable), so it is probed every 5 ms at first and service resumes as
-# soon as the server listens. Where a listener drops connections at the door (a proxy
-# without a backend) or the server turns them away (too many connections), the
-# refusal is often over in a fraction of a second, and stock Django tries again on
-# every request: until the prober's next look every request fails, so it looks every
-# 10 ms at first, and less often the longer the refusal lasts (after a KILL or a cut
-# of every connection and 0.1-0.5 s of refusals, a ceiling of 0.25-1 s failed more
-# requests than stock Django; tests/faults/test_availability.py). Where nothing
-# answers (unreachable, timed out) a look may take the whole connect timeout: every
-# 80 ms at first.
+# nothing listens, a probe is one refused TCP connect (Connector.reachable): every
+# 5 ms at first, so service resumes as soon as the server listens. Connections dropped
+# at the door or turned away (1040) are often over within a second, and stock Django
+# tries again on every request: every 10 ms at first (steps of 0.25-1 s failed more
+# requests than stock after a short refusal; tests/faults/test_availability.py).
+# Where nothing answers, a look may last the connect timeout: every 80 ms at first.
 BACKOFF_FIRST = 0.005
 BACKOFF_CEILING = {"down": 0.005, "unreachable": 0.08, "lost": 0.01, "refused": 0.01}
 # Seconds of outage that add one more ceiling to a kind's ceiling: ten times as long
