@@ -191,7 +191,7 @@ def test_server_down_three_seconds(
     sides: Callable[[str], Sides],
     private: PrivateServer,
 ) -> None:
-    """Down 3 s: fast 503s, first success within 0.1 s of its return, none failing after."""
+    """Down 3 s: fast 503s, first success within 0.2 s of its return, none failing after."""
     both = sides("private")
     report: dict[str, dict[str, Any]] = {}
     for side, app in both.apps():
@@ -233,7 +233,9 @@ def test_server_down_three_seconds(
         }
     print(f"\nserver down 3 s: {report}")
     ours = report["pooled"]
-    assert ours["first_success"] < 0.1
+    # 0.01-0.03 s on a quiet machine, 0.11 s once on a loaded one; the regressions this
+    # guards against took 0.34 s (a TLS context per connect) and 1.08 s (the backoff).
+    assert ours["first_success"] < 0.2
     assert ours["failed_after_0.25s"] == 0
     assert ours["longest_in_outage"] < STALL_BOUND
     assert ours["pool_connects_first_second"] <= CAP
@@ -429,4 +431,6 @@ def test_random_faults_fail_no_more_requests_than_stock(
     assert len(failed_pooled) <= len(failed_stock), (len(failed_pooled), len(failed_stock), seed)
     stats = both.pooled.stats(proxied)
     assert (stats["in_use"], stats["waiting"], stats["leaked_pending"]) == (0, 0, 0), stats
-    assert server.wait_count(stats["open"]) == stats["open"] <= CAP
+    # A silent drop leaves idle connections the server no longer counts (their next
+    # checkout finds them dead): the server may count fewer than `open`, never more.
+    assert server.wait_count(stats["open"]) <= stats["open"] <= CAP
