@@ -57,10 +57,10 @@ def one_round(
     for side in apps:
         w = loads[side]
         ok = w["requests"] - w["errors"]["status"]
-        cpu_s = (after[side] or {}).get("cpu_s", 0.0) - (before[side] or {}).get("cpu_s", 0.0)
         result[side] = {
             "rps": ok / (w["duration_us"] / 1e6),
-            "cpu_us_per_request": cpu_s / w["requests"] * 1e6 if w["requests"] else None,
+            "cpu_us_per_request": None,
+            **run.cpu_per_request(before[side], after[side], w["requests"]),
             "errors": sum(w["errors"].values()),
             "p99_ms": w["latency_us"]["p99"] / 1000,
             "max_ms": w["latency_us"]["max"] / 1000,

@@ -456,7 +456,7 @@ def run_one(
         "server_alive": alive,
         "loadavg_1m": round(loadavg, 2),
         "log": str(app.log_path.relative_to(out)),
-        **_cpu_per_request(cpu_before, cpu_after, result["requests"]),
+        **cpu_per_request(cpu_before, cpu_after, result["requests"]),
     }
     lat = record["latency_ms"]
     print(
@@ -470,7 +470,7 @@ def run_one(
     return record
 
 
-def _cpu_per_request(
+def cpu_per_request(
     before: dict[str, Any] | None, after: dict[str, Any] | None, requests: int
 ) -> dict[str, float]:
     """The worker's CPU and garbage-collector microseconds per answered request (app.py /cpu).
